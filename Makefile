@@ -1,0 +1,35 @@
+# Set-up, tests and the example pipeline. Everything the project needs is installed from here.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup engine test demo lint bench clean
+
+setup: $(STAMP) engine
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# The Pulumi engine at the SDK's version, under the dstack home (idempotent).
+engine: $(STAMP)
+	$(BIN)/python -m dstack.stacks.engine_install
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+demo: setup
+	bash scripts/demo.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

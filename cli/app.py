@@ -1,0 +1,90 @@
+"""The `dstack` command: Typer commands that parse, call the core and render. No logic."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from dstack.cli import output
+from dstack.cli.artifacts_cmds import artifacts_app
+from dstack.cli.runs_cmds import register_run_commands
+from dstack.cli.tags_cmds import tags_app
+
+from dstack.errors import DstackError
+
+app = typer.Typer(
+    name="dstack",
+    help="Run ML workflows on this machine or on GPU instances in your own cloud. "
+         "Each run is an ephemeral Pulumi stack.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(artifacts_app, name="artifacts")
+app.add_typer(tags_app, name="tags")
+register_run_commands(app)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    output.state.debug = debug
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of .dstack/workflows.yaml."""
+    from dstack.spec import workflow_file_schema
+
+    output.print_json(workflow_file_schema())
+
+
+@app.command()
+def validate(
+    project: Annotated[Path, typer.Option("--project", "-C", help="Project folder.")] = Path("."),
+) -> None:
+    """Check the project's workflow files and list their workflows."""
+    from dstack.spec_loader import load_workflows
+
+    workflows = load_workflows(project)
+    for name in workflows:
+        output.say(f"{name}: {workflows[name].provider} ({workflows.location(name)})")
+    output.say(f"{len(list(workflows))} workflow(s), all valid")
+
+
+def main() -> None:
+    """Console entry point: run the app, turning dstack errors into messages and exit codes."""
+    argv = sys.argv[1:]
+    debug = "--debug" in argv
+    if "run" in argv and "--" in argv[argv.index("run"):]:
+        # Everything after `--` goes to the job as it is; click would merge it with the
+        # positional arguments, so it is set aside here.
+        cut = argv.index("--", argv.index("run"))
+        argv, output.state.after_dashes = argv[:cut], argv[cut + 1:]
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except DstackError as exc:
+        if debug:
+            traceback.print_exc()
+        output.error(exc.message, exc.hint)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        output.error("interrupted", None)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,227 @@
+"""Commands about runs: run, ps, logs, stop, rm, audit, gc."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from dstack.cli import output
+
+from dstack.lifecycle import Context, attach, follow, gc, reconcile, remove_run, stop
+from dstack.runs import RunRecord, Status, list_runs, load_run
+
+Profile = Annotated[str | None, typer.Option("--profile", help="Profile to use.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Yes = Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")]
+
+
+def open_context(profile: str | None) -> Context:
+    """The profile's context, after tearing down whatever finished runs left behind."""
+    ctx = Context.open(profile)
+    reconcile(ctx, output.say)
+    return ctx
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if not yes and not typer.confirm(question, default=False):
+        raise typer.Exit(1)
+
+
+def _ago(ts: str) -> str:
+    return datetime.fromisoformat(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def run_row(run: RunRecord, tags: list[str]) -> dict[str, object]:
+    """A run as `ps` shows it."""
+    return {
+        "run": run.name, "workflow": run.workflow or "", "provider": run.provider,
+        "status": run.status.value, "submitted": run.submitted_at,
+        "duration": round(run.duration or 0, 1), "backend": run.backend, "tags": tags,
+        "artifacts": [a.path for a in run.job.artifacts],
+        "apps": [a.url for a in run.apps] if not run.status.finished else [],
+        "exit_code": run.exit_code, "message": run.message,
+    }
+
+
+def register_run_commands(app: typer.Typer) -> None:
+    """Add the run commands to `app`."""
+
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                 help="Run a workflow, or a provider directly (`dstack run python train.py`). "
+                      "Flags dstack does not know, and everything after `--`, go to the job.")
+    def run(
+        target: Annotated[str, typer.Argument(help="A workflow name or a provider name.")],
+        args: Annotated[list[str] | None, typer.Argument(help="Passed to the job.")] = None,
+        detach: Annotated[bool, typer.Option("-d", "--detach",
+                                             help="Return once the run started.")] = False,
+        profile: Profile = None,
+        dep: Annotated[list[str] | None, typer.Option("--dep", help="Dependency: wf:latest, "
+                                                       "wf:TAG or :TAG (repeat).")] = None,
+        artifact: Annotated[list[str] | None, typer.Option(
+            "--artifact", help="Folder to save (repeat).")] = None,
+        gpu: Annotated[int | None, typer.Option("--gpu", help="Number of GPUs.")] = None,
+        gpu_name: Annotated[str | None, typer.Option("--gpu-name", help="GPU model.")] = None,
+        gpu_memory: Annotated[str | None, typer.Option("--gpu-memory",
+                                                       help="Memory per GPU, e.g. 24GB.")] = None,
+        cpu: Annotated[int | None, typer.Option("--cpu", help="Number of CPUs.")] = None,
+        memory: Annotated[str | None, typer.Option("--memory", help="Memory, e.g. 16GB.")] = None,
+        interruptible: Annotated[bool | None, typer.Option(
+            "--interruptible", help="Use spot instances.")] = None,
+        env: Annotated[list[str] | None, typer.Option("--env", help="K=V (repeat).")] = None,
+        requirements: Annotated[str | None, typer.Option(
+            "--requirements", help="Requirements file.")] = None,
+        working_dir: Annotated[str | None, typer.Option("--working-dir",
+                                                        help="Working directory.")] = None,
+        tag: Annotated[str | None, typer.Option("--tag",
+                                                help="Tag the run if it succeeds.")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; create "
+                                                                "nothing.")] = False,
+        project: Annotated[Path, typer.Option("--project", "-C",
+                                              help="Project folder.")] = Path("."),
+    ) -> int:
+        from dstack.submit import RunOptions, plan_run, submit
+
+        opts = RunOptions(deps=dep or [], artifacts=artifact or [], gpu=gpu, gpu_name=gpu_name,
+                          gpu_memory=gpu_memory, cpu=cpu, memory=memory,
+                          interruptible=interruptible, env=env or [],
+                          requirements=requirements, working_dir=working_dir, tag=tag)
+        ctx = open_context(profile)
+        plan = plan_run(ctx, project.resolve(), target, args or [], opts,
+                        after_dashes=output.state.after_dashes)
+        if dry_run:
+            output.print_json({"workflow": plan.workflow_name, "provider": plan.job.provider,
+                               "profile": ctx.profile.name, "backend": ctx.profile.backend,
+                               "deps": plan.deps, "job": plan.job.model_dump(mode="json"),
+                               "stack": {"name": "run-<name>", "resources":
+                                         ctx.backend.plan_resources(plan.job)}})
+            return 0
+        record = submit(ctx, plan, detached=detach, say=output.say)
+        if detach:
+            output.say(f"{record.name} runs detached: `dstack logs {record.name} -f`, "
+                       f"`dstack stop {record.name}`")
+            print(record.name)
+            return 0
+        final = attach(ctx, record.name, output.write_raw, output.say)
+        output.say(f"{final.name} {final.status.value}"
+                   + (f": {final.message}" if final.message else ""))
+        if final.status is Status.DONE:
+            return 0
+        return final.exit_code if final.exit_code not in (None, 0) else 1
+
+    @app.command()
+    def ps(
+        run_name: Annotated[str | None, typer.Argument(metavar="RUN", help="One run.")] = None,
+        all_runs: Annotated[bool, typer.Option("-a", "--all", help="All runs.")] = False,
+        profile: Profile = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """List runs: unfinished ones and the 10 most recent (all with -a)."""
+        from dstack.tags import tags_of
+
+        ctx = open_context(profile)
+        runs = [load_run(ctx.store, run_name)] if run_name else list_runs(ctx.store)
+        if not all_runs and not run_name:
+            recent = {r.name for r in runs[:10]}
+            runs = [r for r in runs if not r.status.finished or r.name in recent]
+        tags = tags_of(ctx.store)
+        rows = [run_row(r, tags.get(r.name, [])) for r in runs]
+        if json_out:
+            output.print_json(rows)
+            return
+        cols = ["RUN", "WORKFLOW", "PROVIDER", "STATUS", "SUBMITTED", "DURATION", "BACKEND",
+                "TAGS", "ARTIFACTS"]
+        if any(r["apps"] for r in rows):
+            cols.append("APPS")
+        output.table(cols, [
+            [str(r["run"]), str(r["workflow"]), str(r["provider"]), str(r["status"]),
+             _ago(str(r["submitted"])), _duration(float(r["duration"])),  # type: ignore[arg-type]
+             str(r["backend"]), ", ".join(r["tags"]),  # type: ignore[arg-type]
+             ", ".join(r["artifacts"]),  # type: ignore[arg-type]
+             *([" ".join(r["apps"])] if "APPS" in cols else [])]  # type: ignore[arg-type]
+            for r in rows
+        ])
+
+    @app.command()
+    def logs(
+        run_name: Annotated[str, typer.Argument(metavar="RUN")],
+        follow_: Annotated[bool, typer.Option("-f", "--follow", help="Keep following.")] = False,
+        profile: Profile = None,
+    ) -> None:
+        """Print a run's output."""
+        ctx = open_context(profile)
+        load_run(ctx.store, run_name)
+        follow(ctx, run_name, output.write_raw, output.say if follow_ else lambda _m: None,
+               until_finished=follow_)
+
+    @app.command(name="stop")
+    def stop_cmd(
+        run_name: Annotated[str, typer.Argument(metavar="RUN")],
+        abort: Annotated[bool, typer.Option("--abort", help="Kill the job at once, without "
+                                                            "the final artifact sync.")] = False,
+        yes: Yes = False,
+        profile: Profile = None,
+    ) -> None:
+        """Stop a run (saving its artifacts) and destroy its stack."""
+        ctx = open_context(profile)
+        run = load_run(ctx.store, run_name)
+        if not run.status.finished:
+            _confirm(f"{'Abort' if abort else 'Stop'} run {run_name}?", yes)
+        final = stop(ctx, run_name, abort=abort, say=output.say)
+        output.say(f"{run_name} {final.status.value}")
+
+    @app.command()
+    def rm(
+        run_name: Annotated[str, typer.Argument(metavar="RUN")],
+        yes: Yes = False,
+        profile: Profile = None,
+    ) -> None:
+        """Delete a finished run, its logs and artifacts (its stack history stays)."""
+        from dstack.tags import tags_of
+
+        ctx = open_context(profile)
+        load_run(ctx.store, run_name)
+        _confirm(f"Delete run {run_name} with its logs and artifacts?", yes)
+        remove_run(ctx, run_name, tags_of(ctx.store).get(run_name, []))
+        output.say(f"removed {run_name}")
+
+    @app.command()
+    def audit(
+        run_name: Annotated[str, typer.Argument(metavar="RUN")],
+        profile: Profile = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """What the run's stack created and destroyed, and when (from Pulumi's history)."""
+        from dstack.audit import audit_trail
+
+        ctx = open_context(profile)
+        load_run(ctx.store, run_name)
+        trail = audit_trail(ctx.store, run_name, ctx.backend.history(run_name))
+        if json_out:
+            output.print_json(trail)
+            return
+        output.table(["UPDATE", "KIND", "RESULT", "START", "END", "RESOURCES"], [
+            [str(i + 1), t["kind"], t["result"], t["start"], t["end"] or "",
+             ", ".join(f"{c['op']} {c['type'].rsplit(':', 1)[-1]} {c['name']}"
+                       for c in t["resources"]) or
+             ", ".join(f"{op} {n}" for op, n in t["changes"].items())]
+            for i, t in enumerate(trail)
+        ])
+
+    @app.command(name="gc")
+    def gc_cmd(profile: Profile = None) -> None:
+        """Destroy stacks left by finished or crashed runs and clear stale engine locks."""
+        ctx = Context.open(profile)
+        result = gc(ctx, output.say)
+        output.say(f"gc: {len(result['locks'])} stale lock(s), {len(result['torn_down'])} "
+                   f"finished run(s), {len(result['orphans'])} orphan stack(s)")

@@ -1,0 +1,112 @@
+"""What the core asks of a backend, and the registry that lazily loads one by name.
+
+A backend provisions a run's infrastructure as a Pulumi stack and tears it down. Its
+implementation lives in `dstack.stacks.<name>`; the core names it by string only, so it
+never imports pulumi.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from dstack.errors import UsageError
+from dstack.names import did_you_mean
+
+if TYPE_CHECKING:
+    from dstack.job import Job
+    from dstack.profiles import Profile
+    from dstack.runs import RunRecord
+    from dstack.store import Store
+
+
+@dataclass(frozen=True)
+class ResourceChange:
+    """One resource an update created, updated or deleted."""
+
+    op: str
+    type: str
+    name: str
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """A stack of the project as the state backend lists it."""
+
+    name: str
+    resource_count: int
+    update_in_progress: bool
+    last_update: str | None
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One entry of a stack's history (`pulumi stack history`)."""
+
+    version: int
+    kind: str
+    result: str
+    start: str
+    end: str | None
+    changes: dict[str, int] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """The operations the run life cycle needs from a backend."""
+
+    name: str
+
+    def store(self) -> Store:
+        """The artifact and metadata store of this profile."""
+
+    def check_resources(self, job: Job) -> None:
+        """Refuse (UsageError) a job this backend cannot run, before anything is created."""
+
+    def plan_resources(self, job: Job) -> list[dict[str, str]]:
+        """The resources a run stack for `job` would declare (for `--dry-run`)."""
+
+    def bootstrap(self, run: RunRecord) -> str:
+        """The script that starts the runner of `run` on this backend's compute."""
+
+    def provision(
+        self, run: RunRecord, bootstrap: str
+    ) -> tuple[list[ResourceChange], dict[str, object]]:
+        """Bring up the run's stack, whose program starts `bootstrap` on the compute;
+        return the changes and where the runner runs (host, pid or instance id)."""
+
+    def teardown(self, run_name: str) -> list[ResourceChange]:
+        """Destroy the run's stack (stopping the runner if it still runs); keep history."""
+
+    def stacks(self) -> list[StackInfo]:
+        """Every stack of this profile's state backend."""
+
+    def history(self, run_name: str) -> list[UpdateRecord]:
+        """The run stack's update history."""
+
+    def clear_stale_locks(self) -> list[str]:
+        """Remove locks left by engine processes that no longer exist; return their stacks."""
+
+    def runner_alive(self, run: RunRecord) -> bool | None:
+        """Whether the run's runner still runs (None when this backend cannot tell)."""
+
+
+BACKENDS: dict[str, str] = {
+    "local": "dstack.stacks.local:LocalBackend",
+}
+"""Backend name → `module:class`, imported only when a profile of that backend is used."""
+
+
+def load_backend(profile: Profile, home: Path) -> Backend:
+    """The backend of `profile`, imported lazily."""
+    target = BACKENDS.get(profile.backend)
+    if target is None:
+        raise UsageError(
+            f"unknown backend {profile.backend!r} in profile {profile.name!r}",
+            did_you_mean(profile.backend, BACKENDS) or f"Known backends: {', '.join(BACKENDS)}.",
+        )
+    module_name, cls_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    backend: Backend = cls(profile, home)
+    return backend

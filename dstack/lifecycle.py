@@ -1,0 +1,270 @@
+"""The life cycle of runs: submit, follow, stop, tear down, and repair after a crash.
+
+Nothing may outlive a run: whichever dstack command next sees a finished run whose stack
+still holds resources tears it down (`reconcile`), and `gc` also destroys stacks no run
+owns and clears engine locks whose process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from dstack.audit import record_update
+from dstack.backend import Backend, ResourceChange, load_backend
+from dstack.errors import DstackError, NotFoundError, StackBusyError, UsageError
+from dstack.home import dstack_home
+from dstack.procs import process_alive, process_start_ticks
+from dstack.profiles import Profile, get_profile
+from dstack.runner import stop_key
+from dstack.runs import RunRecord, Status, list_runs, load_run, run_stack_name, update_run
+from dstack.store import Store
+from dstack.sync import read_log_chunks
+
+Say = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass
+class Context:
+    """What every command works with: the dstack home, a profile, its backend and store."""
+
+    profile: Profile
+    home: Path = field(default_factory=dstack_home)
+
+    @classmethod
+    def open(cls, profile_name: str | None = None) -> Context:
+        """The context of `profile_name` (or the default profile)."""
+        home = dstack_home()
+        return cls(profile=get_profile(home, profile_name), home=home)
+
+    @cached_property
+    def backend(self) -> Backend:
+        """The profile's backend (imports pulumi on first use)."""
+        return load_backend(self.profile, self.home)
+
+    @cached_property
+    def store(self) -> Store:
+        """The profile's store."""
+        return self.backend.store()
+
+
+def submitter() -> dict[str, object]:
+    """Who submits a run: this host and process, so others can tell if it is gone."""
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "start_ticks": process_start_ticks(os.getpid())}
+
+
+def submitter_alive(run: RunRecord) -> bool:
+    """Whether the CLI that submitted `run` still runs (False when it is on another host)."""
+    sub = run.submitter
+    if sub.get("host") != socket.gethostname() or not sub.get("pid"):
+        return False
+    return process_alive(int(sub["pid"]), sub.get("start_ticks"))
+
+
+def provision(ctx: Context, run: RunRecord, say: Say = _quiet) -> RunRecord:
+    """Bring up the run's stack; on failure tear it down again and mark the run failed."""
+    run = update_run(ctx.store, run.name, status=Status.PROVISIONING.value)
+    say(f"provisioning stack {run.stack}")
+    try:
+        changes, instance = ctx.backend.provision(run, ctx.backend.bootstrap(run))
+        record_update(ctx.store, run.name, "up", changes)
+    except BaseException as exc:
+        reason = str(exc) if isinstance(exc, DstackError) else repr(exc)
+        update_run(ctx.store, run.name, status=Status.FAILED.value,
+                   message=f"provisioning failed: {reason}")
+        teardown(ctx, run.name, say)
+        raise
+    say(f"created {', '.join(c.name for c in changes if c.op == 'create') or 'nothing'}")
+    return update_run(ctx.store, run.name, instance=instance)
+
+
+def teardown(ctx: Context, run_name: str, say: Say = _quiet, wait_s: float = 120.0) -> bool:
+    """Destroy the run's stack (keeping its history) and record it; True when done here.
+
+    When another process holds the stack's lock (it is tearing it down too), wait for it.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            changes: list[ResourceChange] = ctx.backend.teardown(run_name)
+            break
+        except StackBusyError:
+            try:
+                if load_run(ctx.store, run_name).torn_down:
+                    return False
+            except NotFoundError:
+                pass
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    record_update(ctx.store, run_name, "destroy", changes)
+    if changes:
+        say(f"destroyed stack {run_stack_name(run_name)} ({len(changes)} resource(s))")
+    with contextlib.suppress(NotFoundError):
+        update_run(ctx.store, run_name, torn_down=True)
+    return True
+
+
+def request_stop(ctx: Context, run_name: str, abort: bool = False) -> None:
+    """Ask the runner to stop the job (`abort`: without the final artifact sync)."""
+    ctx.store.put_json(stop_key(run_name), {"abort": abort, "at": time.time()})
+
+
+def wait_finished(ctx: Context, run_name: str, timeout_s: float, poll_s: float = 0.2) -> RunRecord:
+    """Poll the run until it has a terminal status, the runner dies, or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = load_run(ctx.store, run_name)
+        if run.status.finished or time.monotonic() > deadline:
+            return run
+        if run.status in (Status.RUNNING, Status.UPLOADING) and \
+                ctx.backend.runner_alive(run) is False:
+            return load_run(ctx.store, run_name)
+        time.sleep(poll_s)
+
+
+def stop(ctx: Context, run_name: str, abort: bool = False, say: Say = _quiet,
+         timeout_s: float = 60.0) -> RunRecord:
+    """Stop a run and tear down its stack; return its final record."""
+    run = load_run(ctx.store, run_name)
+    if not run.status.finished:
+        request_stop(ctx, run_name, abort)
+        say("abort requested" if abort else "stop requested; saving artifacts")
+        if run.status in (Status.RUNNING, Status.UPLOADING):
+            run = wait_finished(ctx, run_name, timeout_s)
+    if not run.torn_down:
+        teardown(ctx, run_name, say)
+    final = load_run(ctx.store, run_name)
+    if not final.status.finished:
+        # The runner never took the request (it was gone or never started): end the run.
+        final = update_run(ctx.store, run_name,
+                           status=(Status.ABORTED if abort else Status.STOPPED).value,
+                           message="stopped before the job started")
+    return final
+
+
+def needs_teardown(ctx: Context, run: RunRecord) -> bool:
+    """Whether `run` has a stack that should be destroyed now."""
+    if run.torn_down:
+        return False
+    if not run.detached and submitter_alive(run):
+        return False  # its own CLI is watching it and will tear it down
+    if run.status.finished:
+        return True
+    if run.status in (Status.SUBMITTED, Status.PROVISIONING):
+        return not submitter_alive(run)
+    return ctx.backend.runner_alive(run) is False
+
+
+def reconcile(ctx: Context, say: Say = _quiet) -> list[str]:
+    """Tear down every run that finished (or whose runner or CLI died); return their names."""
+    done = []
+    for run in list_runs(ctx.store):
+        if needs_teardown(ctx, run):
+            try:
+                if teardown(ctx, run.name, say, wait_s=0):
+                    done.append(run.name)
+            except StackBusyError:
+                continue
+    return done
+
+
+def gc(ctx: Context, say: Say = _quiet) -> dict[str, list[str]]:
+    """Repair everything a crashed CLI may have left: locks, finished runs, orphan stacks."""
+    cleared = ctx.backend.clear_stale_locks()
+    for stack in cleared:
+        say(f"cleared a stale lock on stack {stack}")
+    torn = reconcile(ctx, say)
+    runs = {r.name: r for r in list_runs(ctx.store)}
+    orphans = []
+    for info in ctx.backend.stacks():
+        if not info.name.startswith("run-") or info.resource_count == 0:
+            continue
+        name = info.name[len("run-"):]
+        run = runs.get(name)
+        if run is None or (run.torn_down is False and needs_teardown(ctx, run)) or \
+                (run.torn_down and info.resource_count > 0):
+            try:
+                teardown(ctx, name, say, wait_s=0)
+                orphans.append(name)
+            except StackBusyError:
+                say(f"stack {info.name} is busy; left alone")
+    return {"locks": cleared, "torn_down": torn, "orphans": orphans}
+
+
+def follow(ctx: Context, run_name: str, write: Callable[[bytes], None], say: Say = _quiet,
+           poll_s: float = 0.2, until_finished: bool = True) -> RunRecord:
+    """Stream the run's log to `write` (and status changes and app URLs to `say`).
+
+    Returns when the run has finished (or at once after the current log when
+    `until_finished` is false), or when its runner is gone.
+    """
+    seq = 0
+    status: Status | None = None
+    shown: set[str] = set()
+    while True:
+        data, seq = read_log_chunks(ctx.store, run_name, seq)
+        if data:
+            write(data)
+        run = load_run(ctx.store, run_name)
+        if run.status is not status:
+            status = run.status
+            if not status.finished:
+                say(f"{run.name} is {status.value}")
+        for app in run.apps:
+            if app.url not in shown:
+                shown.add(app.url)
+                say(f"{app.name} is at {app.url}")
+        if run.status.finished or not until_finished:
+            data, seq = read_log_chunks(ctx.store, run_name, seq)
+            if data:
+                write(data)
+            return run
+        if run.status in (Status.RUNNING, Status.UPLOADING) and \
+                ctx.backend.runner_alive(run) is False:
+            return load_run(ctx.store, run_name)
+        time.sleep(poll_s)
+
+
+def attach(ctx: Context, run_name: str, write: Callable[[bytes], None],
+           say: Say = _quiet) -> RunRecord:
+    """Follow a run to its end, then tear it down. Ctrl-C stops the job (its artifacts are
+    saved); a second Ctrl-C aborts it. Returns the final record."""
+    interrupts = 0
+    while True:
+        try:
+            follow(ctx, run_name, write, say)
+            break
+        except KeyboardInterrupt:
+            interrupts += 1
+            abort = interrupts > 1
+            say("aborting" if abort else "stopping the job and saving its artifacts "
+                "(Ctrl-C again to abort)")
+            request_stop(ctx, run_name, abort=abort)
+    teardown(ctx, run_name, say)
+    return load_run(ctx.store, run_name)
+
+
+def remove_run(ctx: Context, run_name: str, tags: list[str]) -> None:
+    """Delete a finished run's record, logs and artifacts (its stack history stays)."""
+    run = load_run(ctx.store, run_name)
+    if not run.status.finished:
+        raise UsageError(f"run {run_name} is {run.status.value}",
+                         f"Stop it first: `dstack stop {run_name}`.")
+    if tags:
+        raise UsageError(f"run {run_name} is tagged ({', '.join(tags)}); its artifacts are "
+                         "in use", "Delete the tag(s) first: `dstack tags delete TAG`.")
+    if not run.torn_down:
+        teardown(ctx, run_name)
+    ctx.store.delete_prefix(f"runs/{run_name}/")

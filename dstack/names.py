@@ -1,0 +1,45 @@
+"""Names: run names (`adjective-animal-N`) and "did you mean" suggestions."""
+
+from __future__ import annotations
+
+import difflib
+import random
+import re
+from collections.abc import Iterable
+
+ADJECTIVES = (
+    "able", "bold", "brave", "bright", "calm", "clever", "cool", "crisp", "curious", "daring",
+    "eager", "fair", "fancy", "fast", "fierce", "fond", "gentle", "glad", "grand", "happy",
+    "hardy", "honest", "jolly", "keen", "kind", "lively", "lucky", "merry", "mighty", "modest",
+    "neat", "nimble", "noble", "proud", "quick", "quiet", "rapid", "ready", "shiny", "silent",
+    "smart", "snappy", "steady", "sunny", "swift", "tidy", "vivid", "warm", "wise", "witty",
+)
+ANIMALS = (
+    "ant", "badger", "bat", "bear", "beaver", "bee", "bison", "camel", "cat", "cobra",
+    "crane", "crow", "deer", "dingo", "dog", "dolphin", "donkey", "eagle", "eel", "falcon",
+    "ferret", "finch", "fox", "frog", "gecko", "goat", "goose", "hawk", "heron", "horse",
+    "ibis", "jackal", "koala", "lemur", "lion", "lizard", "llama", "lynx", "mole", "moose",
+    "newt", "otter", "owl", "panda", "parrot", "puma", "rabbit", "raven", "seal", "shark",
+    "sloth", "snail", "swan", "tiger", "toad", "turtle", "walrus", "wolf", "yak", "zebra",
+)
+RUN_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
+
+
+def run_name_candidates(rng: random.Random | None = None) -> Iterable[str]:
+    """Endless candidate names `adjective-animal-N` for one pair, N counting up from 1.
+
+    The caller claims each candidate atomically in the store until one is free, which keeps
+    names unique even when runs start at the same moment.
+    """
+    rng = rng or random.SystemRandom()
+    prefix = f"{rng.choice(ADJECTIVES)}-{rng.choice(ANIMALS)}"
+    n = 1
+    while True:
+        yield f"{prefix}-{n}"
+        n += 1
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """`Did you mean "x"?` for the closest of `choices`, or None when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f'Did you mean "{close[0]}"?' if close else None

@@ -1,0 +1,50 @@
+"""Processes on this machine: identity (pid plus start time) and sessions.
+
+A pid alone can be reused; a pid with its start time (clock ticks since boot, from
+`/proc/<pid>/stat`) names one process for good. Where there is no /proc, only the pid is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The start time of process `pid` in clock ticks since boot (Linux), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[19])
+
+
+def process_alive(pid: int, start_ticks: int | None) -> bool:
+    """Whether the process `pid` that started at `start_ticks` still runs (not a zombie)."""
+    if Path("/proc").is_dir():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        fields = stat.rsplit(")", 1)[1].split()
+        return fields[0] != "Z" and (start_ticks is None or int(fields[19]) == start_ticks)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of every process in session `sid` (Linux; empty elsewhere)."""
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:
+                pids.append(int(entry.name))
+    return pids

@@ -1,0 +1,327 @@
+"""The runner: executes one run's job on the target machine, the same code on every backend.
+
+`python -m dstack.runner --store URL --run NAME --workdir DIR [--cache DIR]`
+
+It unpacks the code, places dependency artifacts, prepares the Python environment, runs
+the job script in its own process group, ships logs and syncs artifacts while the job runs,
+honours stop requests (`runs/<run>/stop.json`) and SIGTERM, syncs once more at the end and
+writes the final status. It never leaves the job running: on any exit path the job's
+process group is killed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from dstack.archive import extract_archive, safe_join
+from dstack.errors import DstackError, StoreError
+from dstack.jobscript import render_job_script
+from dstack.pyenv import python_env
+from dstack.runs import App, RunRecord, Status, load_run, now, update_run
+from dstack.store import Store, open_store
+from dstack.sync import ArtifactSync, LogShipper, artifact_prefix
+from dstack.tags import add_tag
+
+TICK_S = 0.2
+SYNC_EVERY_S = 0.5
+STOP_GRACE_S = 10.0
+
+
+def stop_key(run: str) -> str:
+    """Store key of a run's stop request."""
+    return f"runs/{run}/stop.json"
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Runner:
+    """One run's job, from code download to final status."""
+
+    def __init__(self, store: Store, run: RunRecord, workdir: Path, cache: Path,
+                 host: str = "127.0.0.1") -> None:
+        self.store = store
+        self.run = run
+        self.workdir = workdir
+        self.cache = cache
+        self.host = host
+        self.repo = workdir / "repo"
+        self.log = LogShipper(store, run.name, workdir / "job.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._term = threading.Event()
+
+    # -- preparation ---------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Code, dependency artifacts: everything the job needs on disk."""
+        self.repo.mkdir(parents=True, exist_ok=True)
+        if self.run.code:
+            archive = self.workdir / "code.tar.gz"
+            self.store.get_file(f"code/{self.run.code}.tar.gz", archive)
+            extract_archive(archive, self.repo)
+            archive.unlink()
+        for dep in self.run.deps:
+            keys = self.store.list(artifact_prefix(dep))
+            self.log.say(f"fetching {len(keys)} artifact file(s) of run {dep}")
+            for key in keys:
+                rel = key[len(artifact_prefix(dep)):]
+                self.store.get_file(key, safe_join(self.repo, rel))
+
+    def environment(self, ports: list[int], python_bin: Path) -> dict[str, str]:
+        """The job's environment: the runner's, the user's, and DSTACK_* / PORT_* values."""
+        env = dict(os.environ)
+        for k in ("PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_BACKEND_URL", "PULUMI_HOME"):
+            env.pop(k, None)
+        env.update(self.run.job.env)
+        env["DSTACK_RUN"] = self.run.name
+        env["DSTACK_WORKFLOW"] = self.run.workflow or ""
+        env["PATH"] = f"{python_bin}{os.pathsep}{env.get('PATH', '')}"
+        env["PYTHONUNBUFFERED"] = "1"
+        for i, port in enumerate(ports):
+            env[f"PORT_{i}"] = str(port)
+        if ports:
+            env["PORT"] = str(ports[0])
+            env["DSTACK_HOST"] = self.host
+        if self.run.job.token:
+            env["DSTACK_TOKEN"] = self.run.job.token
+        return env
+
+    # -- the job -------------------------------------------------------------------------
+
+    def start_job(self) -> None:
+        """Start `job.sh` in its own process group, its output going to the log."""
+        job = self.run.job
+        python_bin = python_env(job.requirements and str(self.repo / job.requirements),
+                                self.cache / "venvs", self.log.say)
+        ports = [free_port() for _ in range(job.ports)]
+        self.ports = ports
+        script = self.workdir / "job.sh"
+        script.write_text(render_job_script(job, str(self.repo / job.working_dir)))
+        self.proc = subprocess.Popen(
+            ["bash", str(script)], cwd=self.repo, env=self.environment(ports, python_bin),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            process_group=0,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+            self.log.write(chunk)
+
+    def kill_job(self, sig: int) -> None:
+        """Send `sig` to the job's whole process group."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+
+    def stop_job(self, abort: bool) -> None:
+        """SIGTERM, a grace period, then SIGKILL (SIGKILL at once when aborting)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if not abort:
+            self.kill_job(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.kill_job(signal.SIGKILL)
+        self.proc.wait()
+
+    def _check_apps(self, pending: list[App]) -> list[App]:
+        """Apps whose port answers now are recorded in the run; return those still waiting."""
+        still = []
+        ready = []
+        for app in pending:
+            try:
+                with urllib.request.urlopen(app.url.split("?")[0], timeout=0.5):
+                    ready.append(app)
+            except urllib.error.HTTPError:
+                ready.append(app)  # it answers, even if not 200 on that path
+            except (OSError, ValueError):
+                still.append(app)
+        if ready:
+            self.run = update_run(self.store, self.run.name, apps=[*self.run.apps, *ready])
+            for app in ready:
+                self.log.say(f"{app.name} is ready at {app.url}")
+        return still
+
+    def _pending_apps(self) -> list[App]:
+        apps = []
+        for spec in self.run.job.apps:
+            port = self.ports[spec.index]
+            base = f"http://{self.host}:{port}"
+            apps.append(App(name=spec.name, port=port, url=base + spec.url_path))
+        return apps
+
+    def supervise(self, sync: ArtifactSync) -> tuple[int | None, str | None]:
+        """Wait for the job, syncing as it runs; return (exit code, stop kind) at its end."""
+        assert self.proc is not None
+        pending = self._pending_apps()
+        last_sync = 0.0
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                return code, None
+            stop = self._stop_requested()
+            if stop is not None:
+                self.log.say("stop requested: " + ("aborting" if stop == "abort" else "stopping"))
+                self.stop_job(abort=stop == "abort")
+                return self.proc.returncode, stop
+            if pending:
+                pending = self._check_apps(pending)
+            if time.monotonic() - last_sync >= SYNC_EVERY_S:
+                last_sync = time.monotonic()
+                self._sync_quietly(sync)
+            time.sleep(TICK_S)
+
+    def _stop_requested(self) -> str | None:
+        if self._term.is_set():
+            return "stop"
+        try:
+            if self.store.exists(stop_key(self.run.name)):
+                abort = self.store.get_json(stop_key(self.run.name)).get("abort", False)
+                return "abort" if abort else "stop"
+        except DstackError:
+            return None
+        return None
+
+    def _sync_quietly(self, sync: ArtifactSync) -> None:
+        """A sync while the job runs: a failure is logged and retried on the next tick."""
+        try:
+            self.log.flush()
+            sync.sync()
+        except (StoreError, OSError) as exc:
+            self.sync_error = str(exc)
+            with contextlib.suppress(Exception):
+                self.log.say(f"artifact sync failed (will retry): {exc}")
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def execute(self) -> int:
+        """Run the job end to end; return the runner's own exit code (0 unless it crashed)."""
+        self.sync_error: str | None = None
+        signal.signal(signal.SIGTERM, lambda *_: self._term.set())
+        self.run = update_run(self.store, self.run.name, status=Status.RUNNING.value,
+                              started_at=now())
+        if self.run.status.finished:
+            return 0
+        sync = ArtifactSync(self.store, self.run.name, self.repo,
+                            [a.path for a in self.run.job.artifacts])
+        stop: str | None = None
+        code: int | None = None
+        try:
+            self.prepare()
+            if self._stop_requested() is None:
+                self.start_job()
+                code, stop = self.supervise(sync)
+            else:
+                stop = self._stop_requested()
+        except DstackError as exc:
+            self.log.say(f"error: {exc}")
+            self._finish(Status.FAILED, None, str(exc), sync, final_sync=True)
+            return 0
+        finally:
+            self.stop_job(abort=True)
+        if stop == "abort":
+            self._finish(Status.ABORTED, code, "aborted by the user", sync, final_sync=False)
+        elif stop == "stop":
+            self._finish(Status.STOPPED, code, "stopped by the user", sync, final_sync=True)
+        else:
+            status = Status.DONE if code == 0 else Status.FAILED
+            self._finish(status, code, None if code == 0 else f"the job exited with {code}",
+                         sync, final_sync=True)
+        return 0
+
+    def _finish(self, status: Status, code: int | None, message: str | None,
+                sync: ArtifactSync, final_sync: bool) -> None:
+        if final_sync:
+            update_run(self.store, self.run.name, status=Status.UPLOADING.value)
+            try:
+                n = sync.sync()
+                self.log.say(f"saved {sync.uploaded} artifact file(s) ({n} in the final sync)")
+            except (StoreError, OSError) as exc:
+                self.log.say(f"error: the final artifact sync failed: {exc}")
+                status, message = Status.FAILED, f"artifact sync failed: {exc}"
+        if status is Status.DONE and self.sync_error and sync.changed():
+            status, message = Status.FAILED, f"artifact sync failed: {self.sync_error}"
+        self.log.say(f"run {status.value}" + (f" (exit code {code})" if code is not None else ""))
+        with contextlib.suppress(StoreError):
+            self.log.flush()
+        self.run = update_run(self.store, self.run.name, status=status.value, exit_code=code,
+                              message=message)
+        if status is Status.DONE and self.run.tag:
+            try:
+                add_tag(self.store, self.run.tag, self.run)
+            except DstackError as exc:
+                self.log.say(f"could not tag the run: {exc}")
+                with contextlib.suppress(StoreError):
+                    self.log.flush()
+
+
+def salvage(store_url: str, run_name: str, workdir: Path) -> None:
+    """After the runner is gone: save what its job wrote and end the run if it had not ended.
+
+    Called when a run's compute is torn down, so a runner killed by a signal, a crash or a
+    lost machine still leaves its artifacts and a terminal status behind.
+    """
+    store = open_store(store_url)
+    try:
+        run = load_run(store, run_name)
+    except DstackError:
+        return
+    if run.status.finished:
+        return
+    repo = workdir / "repo"
+    message = "the runner stopped before the job finished"
+    if repo.is_dir():
+        sync = ArtifactSync(store, run_name, repo, [a.path for a in run.job.artifacts])
+        try:
+            sync.sync()
+            message += f"; {sync.uploaded} artifact file(s) saved from its workspace"
+        except (StoreError, OSError) as exc:
+            message += f"; saving its artifacts failed: {exc}"
+    log = LogShipper(store, run_name)
+    log.say(f"error: {message}")
+    with contextlib.suppress(StoreError):
+        log.flush()
+    update_run(store, run_name, status=Status.FAILED.value, message=message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m dstack.runner`."""
+    parser = argparse.ArgumentParser(prog="dstack.runner")
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--workdir", required=True, type=Path)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".dstack" / "cache")
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    store = open_store(args.store)
+    run = load_run(store, args.run)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return Runner(store, run, args.workdir, args.cache, args.host).execute()
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            update_run(store, args.run, status=Status.FAILED.value,
+                       message=f"the runner crashed: {exc!r}")
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""From `dstack run TARGET ...` to a submitted run: spec, overrides, deps, job, code, record.
+
+`plan_run` does everything that can fail on bad input and creates nothing; `submit` then
+packages the code, claims the run's name and brings up its stack.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import secrets
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dstack.errors import UsageError
+from dstack.job import ArtifactPath, Job
+from dstack.lifecycle import Context, Say, _quiet, provision, submitter
+from dstack.names import did_you_mean
+from dstack.packaging import package_code
+from dstack.provider_registry import PROVIDERS, provider_params
+from dstack.runs import RunRecord, create_run, run_stack_name
+from dstack.spec import DepRef, Workflow
+from dstack.spec_loader import load_workflows, validate_workflow
+from dstack.tags import check_tag_name, resolve_ref
+
+
+@dataclass
+class RunOptions:
+    """The `dstack run` flags that change a workflow (None: keep the workflow's value)."""
+
+    deps: list[str] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+    gpu: int | None = None
+    gpu_name: str | None = None
+    gpu_memory: str | None = None
+    cpu: int | None = None
+    memory: str | None = None
+    interruptible: bool | None = None
+    env: list[str] = field(default_factory=list)
+    requirements: str | None = None
+    working_dir: str | None = None
+    tag: str | None = None
+
+
+@dataclass
+class RunPlan:
+    """A run ready to submit: the validated workflow, its job and resolved dependencies."""
+
+    workflow: Workflow
+    workflow_name: str | None
+    job: Job
+    deps: list[str]
+    tag: str | None
+    project_dir: Path
+
+
+def _target_data(project_dir: Path, target: str,
+                 positional: Sequence[str]) -> tuple[dict[str, Any], list[str], str, str | None]:
+    """(workflow fields, pass-through args, origin, workflow name) for `dstack run TARGET`."""
+    workflows = load_workflows(project_dir)
+    if target in workflows:
+        wf = workflows[target]
+        data = wf.model_dump(by_alias=True, exclude_unset=True, mode="json")
+        return data, list(positional), str(workflows.location(target)), target
+    if target in PROVIDERS:
+        params = provider_params(target)
+        fields, rest = params.from_cli(list(positional))  # type: ignore[attr-defined]
+        return {"provider": target, **fields}, rest, "the command line", None
+    names = [*workflows, *PROVIDERS]
+    raise UsageError(
+        f"{target!r} is neither a workflow of {project_dir / '.dstack'} nor a provider",
+        did_you_mean(target, names) or
+        (f"Workflows: {', '.join(workflows) or '(none)'}. Providers: {', '.join(PROVIDERS)}."),
+    )
+
+
+def _apply(data: dict[str, Any], opts: RunOptions) -> dict[str, Any]:
+    """The workflow fields with the command line's flags applied."""
+    data = dict(data)
+    data["depends-on"] = [*data.get("depends-on", []), *opts.deps]
+    data["artifacts"] = [*data.get("artifacts", []), *opts.artifacts]
+    data["env"] = [*data.get("env", []), *opts.env]
+    resources = dict(data.get("resources") or {})
+    for key in ("cpu", "memory", "interruptible"):
+        if getattr(opts, key) is not None:
+            resources[key] = getattr(opts, key)
+    if opts.gpu is not None or opts.gpu_name or opts.gpu_memory:
+        gpu = resources.get("gpu")
+        gpu = dict(gpu) if isinstance(gpu, Mapping) else ({"count": gpu} if gpu else {})
+        if opts.gpu is not None:
+            gpu["count"] = opts.gpu
+        if opts.gpu_name:
+            gpu["name"] = opts.gpu_name
+        if opts.gpu_memory:
+            gpu["memory"] = opts.gpu_memory
+        resources["gpu"] = gpu if gpu.get("count", 1) else 0
+    if resources:
+        data["resources"] = resources
+    if opts.working_dir is not None:
+        data["working_dir"] = opts.working_dir
+    if opts.requirements is not None:
+        data["requirements"] = opts.requirements
+    return data
+
+
+def make_job(wf: Workflow, args: list[str], outer_env: Mapping[str, str]) -> Job:
+    """The job of a validated workflow (the provider supplies the command and ports)."""
+    parts = wf.job_parts()  # type: ignore[attr-defined]
+    workdir = wf.working_dir or "."
+    token = secrets.token_urlsafe(24) if parts.token else None
+    return Job(
+        provider=wf.provider,
+        setup=[*wf.setup, *parts.setup],
+        shell=parts.shell,
+        argv=parts.argv,
+        args=args,
+        env=wf.effective_env(outer_env),
+        working_dir=workdir,
+        artifacts=[ArtifactPath(path=posixpath.normpath(posixpath.join(workdir, a.path)),
+                                mount=a.mount) for a in wf.artifacts],
+        requirements=(posixpath.normpath(posixpath.join(workdir, parts.requirements))
+                      if parts.requirements else None),
+        ports=parts.ports,
+        apps=parts.apps,
+        token=token,
+        resources=wf.resources.model_dump(mode="json", exclude_none=True),
+        needs_docker=parts.needs_docker,
+    )
+
+
+def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[str],
+             opts: RunOptions, after_dashes: Sequence[str] = ()) -> RunPlan:
+    """Validate everything about a run without creating anything.
+
+    `positional` holds the arguments dstack did not recognise (the provider form's own,
+    then the job's); `after_dashes` what followed `--`, which always goes to the job.
+    """
+    data, args, origin, name = _target_data(project_dir, target, positional)
+    args = [*args, *after_dashes]
+    wf = validate_workflow(_apply(data, opts), origin=origin)
+    if opts.tag:
+        check_tag_name(opts.tag)
+    job = make_job(wf, args, os.environ)
+    ctx.backend.check_resources(job)
+    deps = []
+    for ref in wf.depends_on:
+        dep: DepRef = ref
+        deps.append(resolve_ref(ctx.store, dep.workflow, dep.tag).name)
+    return RunPlan(workflow=wf, workflow_name=name, job=job, deps=deps, tag=opts.tag,
+                   project_dir=project_dir)
+
+
+def submit(ctx: Context, plan: RunPlan, *, detached: bool = False,
+           say: Say = _quiet) -> RunRecord:
+    """Package the code, record the run and bring up its stack."""
+    with tempfile.TemporaryDirectory(prefix="dstack-code-") as tmp:
+        archive = package_code(plan.project_dir, Path(tmp))
+        if not ctx.store.exists(archive.store_key):
+            ctx.store.put_file(archive.store_key, archive.path)
+    say(f"packaged {archive.files} file(s) of {plan.project_dir}")
+
+    def make(name: str) -> RunRecord:
+        return RunRecord(
+            name=name, workflow=plan.workflow_name, provider=plan.workflow.provider,
+            profile=ctx.profile.name, backend=ctx.profile.backend, job=plan.job,
+            deps=plan.deps, code=archive.sha256, tag=plan.tag, stack=run_stack_name(name),
+            submitter=submitter(), detached=detached,
+        )
+
+    run = create_run(ctx.store, make)
+    say(f"run {run.name} submitted")
+    return provision(ctx, run, say)

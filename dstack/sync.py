@@ -1,0 +1,155 @@
+"""Moving a running job's output to the store: artifact files and log chunks.
+
+Artifacts are uploaded whenever a file is new or changed (size or mtime), while the job
+runs and once more at its end. Logs are shipped as numbered chunks
+(`runs/<run>/logs/<seq>.log`), which works the same on a folder, S3 and GCS.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from dstack.errors import NotFoundError, StoreError
+from dstack.store import Store
+
+UPLOAD_THREADS = 8
+
+
+def artifact_prefix(run: str) -> str:
+    """Store prefix of a run's artifacts."""
+    return f"runs/{run}/artifacts/"
+
+
+def _walk_files(root: Path, rel: str) -> list[tuple[str, Path]]:
+    """(relative key, file) pairs under `root/rel`, not following links out of root."""
+    base = root / rel
+    real_root = root.resolve()
+    out: list[tuple[str, Path]] = []
+    if base.is_symlink() and not _inside(base, real_root):
+        return out
+    if base.is_file():
+        return [(rel, base)]
+    for dirpath, dirs, files in os.walk(base):
+        dirs[:] = [d for d in dirs if _inside(Path(dirpath) / d, real_root)]
+        for name in files:
+            path = Path(dirpath) / name
+            if name.startswith(".dstack-") or not _inside(path, real_root):
+                continue
+            out.append((path.relative_to(root).as_posix(), path))
+    return out
+
+
+def _inside(path: Path, real_root: Path) -> bool:
+    try:
+        path.resolve().relative_to(real_root)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+class ArtifactSync:
+    """Uploads the changed files of a job's artifact paths to the store."""
+
+    def __init__(self, store: Store, run: str, root: Path, paths: list[str]) -> None:
+        self.store = store
+        self.prefix = artifact_prefix(run)
+        self.root = root
+        self.paths = paths
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self.uploaded = 0
+
+    def changed(self) -> list[tuple[str, Path, tuple[int, int]]]:
+        """Files that are new or changed since their last upload."""
+        out = []
+        for rel in self.paths:
+            for key, path in _walk_files(self.root, rel):
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                sig = (st.st_size, st.st_mtime_ns)
+                if self._seen.get(key) != sig:
+                    out.append((key, path, sig))
+        return out
+
+    def sync(self) -> int:
+        """Upload what changed; return how many files. Raises StoreError on failure."""
+        with self._lock:
+            todo = self.changed()
+            if not todo:
+                return 0
+
+            def upload(item: tuple[str, Path, tuple[int, int]]) -> None:
+                key, path, sig = item
+                try:
+                    self.store.put_file(self.prefix + key, path)
+                except FileNotFoundError:
+                    return  # deleted while we looked: nothing to keep
+                self._seen[key] = sig
+
+            if len(todo) == 1:
+                upload(todo[0])
+            else:
+                with ThreadPoolExecutor(min(UPLOAD_THREADS, len(todo))) as pool:
+                    list(pool.map(upload, todo))
+            self.uploaded += len(todo)
+            return len(todo)
+
+
+class LogShipper:
+    """Collects a job's output and ships it to the store in numbered chunks."""
+
+    def __init__(self, store: Store, run: str, local_copy: Path | None = None) -> None:
+        self.store = store
+        self.prefix = f"runs/{run}/logs/"
+        self.local_copy = local_copy
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._seq = len(store.list(self.prefix))
+
+    def write(self, data: bytes) -> None:
+        """Add output (thread-safe); it reaches the store on the next `flush`."""
+        with self._lock:
+            self._buf += data
+        if self.local_copy is not None:
+            with open(self.local_copy, "ab") as f:
+                f.write(data)
+
+    def say(self, line: str) -> None:
+        """A line from dstack itself in the run's log."""
+        self.write(f"[dstack] {line}\n".encode())
+
+    def flush(self) -> None:
+        """Ship buffered output as the next chunk."""
+        with self._flush_lock:
+            with self._lock:
+                data, self._buf = bytes(self._buf), bytearray()
+            if not data:
+                return
+            try:
+                self.store.put_bytes(f"{self.prefix}{self._seq:08d}.log", data)
+            except StoreError:
+                with self._lock:
+                    self._buf[:0] = data
+                raise
+            self._seq += 1
+
+
+def read_log_chunks(store: Store, run: str, start: int = 0) -> tuple[bytes, int]:
+    """Log output of `run` from chunk `start` on, and the index of the next chunk."""
+    prefix = f"runs/{run}/logs/"
+    keys = [k for k in store.list(prefix) if k.endswith(".log")]
+    out = bytearray()
+    n = start
+    for key in keys[start:]:
+        try:
+            out += store.get_bytes(key)
+        except NotFoundError:
+            break
+        n += 1
+    return bytes(out), n

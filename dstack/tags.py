@@ -1,0 +1,133 @@
+"""Tags: names for runs whose artifacts other workflows and people reuse.
+
+A tag is the document `tags/<tag>.json` pointing at one run. `latest` is not a tag: it is
+the newest successful run of a workflow, found when a dependency is resolved.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dstack.errors import NotFoundError, UsageError
+from dstack.names import did_you_mean
+from dstack.runs import RunRecord, Status, list_runs, load_run, now
+from dstack.store import Store
+
+TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+RESERVED = {"latest"}
+
+
+class Tag(BaseModel):
+    """The document `tags/<tag>.json`."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int = 1
+    name: str
+    run: str
+    workflow: str | None = None
+    created_at: str = Field(default_factory=now)
+
+
+def check_tag_name(tag: str) -> str:
+    """Return `tag` if it is a valid tag name; UsageError otherwise."""
+    if tag in RESERVED:
+        raise UsageError(f"{tag!r} is reserved", "`wf:latest` always means the newest "
+                         "successful run of wf; choose another tag name.")
+    if not TAG_NAME.match(tag):
+        raise UsageError(f"invalid tag name {tag!r}",
+                         "Use letters, digits, '.', '_' and '-' (up to 100), starting with a "
+                         "letter or digit.")
+    return tag
+
+
+def tag_key(tag: str) -> str:
+    """The store key of a tag's document."""
+    return f"tags/{tag}.json"
+
+
+def add_tag(store: Store, tag: str, run: RunRecord, *, replace: bool = False) -> Tag:
+    """Tag a successful run. Refuses an existing tag unless `replace`."""
+    check_tag_name(tag)
+    if run.status is not Status.DONE:
+        raise UsageError(f"run {run.name} is {run.status.value}, not done",
+                         "Only runs that finished successfully can be tagged.")
+    doc = Tag(name=tag, run=run.name, workflow=run.workflow)
+    payload: dict[str, Any] = doc.model_dump(mode="json")
+    if replace:
+        store.put_json(tag_key(tag), payload)
+    elif not store.create_json(tag_key(tag), payload):
+        existing = load_tag(store, tag)
+        if existing.run == run.name:
+            return existing
+        raise UsageError(f"tag {tag!r} already points at run {existing.run}",
+                         f"Delete it first: `dstack tags delete {tag}`.")
+    return doc
+
+
+def load_tag(store: Store, tag: str) -> Tag:
+    """The tag called `tag`; NotFoundError with a suggestion when there is none."""
+    try:
+        return Tag.model_validate(store.get_json(tag_key(tag)))
+    except NotFoundError:
+        hint = did_you_mean(tag, list_tag_names(store))
+        raise NotFoundError(f"no tag named {tag!r}",
+                            hint or "`dstack tags list` shows the tags there are.") from None
+
+
+def list_tag_names(store: Store) -> list[str]:
+    """Names of every tag."""
+    return [k[len("tags/"):-len(".json")] for k in store.list("tags/") if k.endswith(".json")]
+
+
+def list_tags(store: Store) -> list[Tag]:
+    """Every tag, newest first."""
+    tags = []
+    for name in list_tag_names(store):
+        try:
+            tags.append(Tag.model_validate(store.get_json(tag_key(name))))
+        except (NotFoundError, ValueError):
+            continue
+    return sorted(tags, key=lambda t: t.created_at, reverse=True)
+
+
+def delete_tag(store: Store, tag: str) -> None:
+    """Remove a tag (the run and its artifacts stay)."""
+    load_tag(store, tag)
+    store.delete(tag_key(tag))
+
+
+def tags_of(store: Store) -> dict[str, list[str]]:
+    """Run name → the tags pointing at it."""
+    out: dict[str, list[str]] = {}
+    for t in list_tags(store):
+        out.setdefault(t.run, []).append(t.name)
+    return out
+
+
+def latest_run(store: Store, workflow: str) -> RunRecord | None:
+    """The newest successful run of `workflow`."""
+    for run in list_runs(store):
+        if run.workflow == workflow and run.status is Status.DONE:
+            return run
+    return None
+
+
+def resolve_ref(store: Store, workflow: str | None, tag: str) -> RunRecord:
+    """The run a dependency `wf:latest`, `wf:TAG` or `:TAG` names; says what to run if none."""
+    if tag == "latest":
+        if workflow is None:
+            raise UsageError("':latest' needs a workflow name", "Write it as `WORKFLOW:latest`.")
+        run = latest_run(store, workflow)
+        if run is None:
+            raise NotFoundError(f"{workflow}:latest: workflow {workflow!r} has no successful run",
+                                f"Run it first: `dstack run {workflow}`.")
+        return run
+    found = load_tag(store, tag)
+    if workflow is not None and found.workflow != workflow:
+        raise NotFoundError(
+            f"{workflow}:{tag}: tag {tag!r} belongs to workflow {found.workflow!r}, "
+            f"not {workflow!r}", f"Use `:{tag}` or `{found.workflow}:{tag}`.")
+    return load_run(store, found.run)

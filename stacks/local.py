@@ -1,0 +1,154 @@
+"""The local backend: no cloud, no credentials, the same runner as in the cloud.
+
+Workspace stack `workspace-<profile>` (long-lived): the store folder. Run stack
+`run-<name>` (ephemeral): the run's workspace folder and its runner process, both Python
+dynamic resources. Destroying the run stack stops the runner if it still runs.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pulumi
+from dstack.stacks.engine import Engine
+from dstack.stacks.local_resources import Folder, RunnerProcess
+
+from dstack.backend import ResourceChange, StackInfo, UpdateRecord
+from dstack.bootstrap import render_bootstrap
+from dstack.errors import NotFoundError, UsageError
+from dstack.home import private_dir
+from dstack.job import Job
+from dstack.machine import docker_engine_available, local_gpus
+from dstack.procs import process_alive
+from dstack.profiles import Profile
+from dstack.runs import RunRecord, run_stack_name
+from dstack.store import LocalStore, Store
+
+
+class LocalBackend:
+    """Runs jobs as local processes, each inside its own ephemeral Pulumi stack."""
+
+    name = "local"
+
+    def __init__(self, profile: Profile, home: Path) -> None:
+        self.profile = profile
+        self.home = home
+        self.engine = Engine(home, profile.state_url)
+        self.store_root = Path(profile.settings.get("store", home / "store"))
+        self.workdirs = home / "workdirs"
+        self.cache = home / "cache"
+
+    def store(self) -> Store:
+        return LocalStore(self.store_root)
+
+    # -- workspace -------------------------------------------------------------------------
+
+    def _workspace_marker(self) -> Path:
+        return self.home / "pulumi" / f"workspace-{self.profile.name}.done"
+
+    def ensure_workspace(self) -> None:
+        """Bring up the long-lived workspace stack once (it declares the store folder)."""
+        if self._workspace_marker().exists():
+            return
+        root = str(self.store_root)
+        self.engine.up(f"workspace-{self.profile.name}", lambda: Folder("store", root, keep=True))
+        self._workspace_marker().write_text("ok\n")
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def check_resources(self, job: Job) -> None:
+        """Refuse, before anything is created, a job this machine cannot run."""
+        gpu = job.resources.get("gpu")
+        wanted = int(gpu.get("count", 0)) if isinstance(gpu, dict) else 0
+        if wanted:
+            have = local_gpus()
+            if len(have) < wanted:
+                raise UsageError(
+                    f"the job asks for {wanted} GPU(s); this machine has {len(have)}"
+                    + (f" ({', '.join(have)})" if have else ""),
+                    "Run it with `--gpu 0` to use the CPU, or with `--profile` naming a cloud "
+                    "profile (`dstack config add aws|gcp ...`).",
+                )
+        if job.needs_docker and not docker_engine_available():
+            raise UsageError(
+                "the docker provider needs a Docker engine, and none answers on this machine",
+                "Start Docker (or install Docker Engine), or run on a cloud profile, whose "
+                "images have one.",
+            )
+
+    def plan_resources(self, job: Job) -> list[dict[str, str]]:
+        """What `run-<name>` would declare, for `--dry-run`."""
+        return [{"type": "dstack:local:Folder", "name": "workspace",
+                 "what": "the run's workspace folder under the dstack home"},
+                {"type": "dstack:local:RunnerProcess", "name": "runner",
+                 "what": f"the runner process of the {job.provider} job"}]
+
+    def bootstrap(self, run: RunRecord) -> str:
+        """The script the runner process starts from."""
+        return render_bootstrap(
+            python=sys.executable, store_url=self.store().url, run=run.name,
+            workdir=str(self.workdirs / run.name / "work"), cache=str(self.cache),
+            env={"DSTACK_HOME": str(self.home)},
+        )
+
+    def provision(
+        self, run: RunRecord, bootstrap: str
+    ) -> tuple[list[ResourceChange], dict[str, object]]:
+        """Bring up `run-<name>`: the workspace folder, then the runner process in it."""
+        self.ensure_workspace()
+        private_dir(self.workdirs)
+        workdir = str(self.workdirs / run.name)
+
+        def program() -> None:
+            folder = Folder("workspace", workdir)
+            runner = RunnerProcess("runner", folder.id, bootstrap, run=run.name,
+                                   store_url=self.store().url,
+                                   opts=pulumi.ResourceOptions(depends_on=[folder]))
+            pulumi.export("pid", runner.pid)
+            pulumi.export("start_ticks", runner.start_ticks)
+
+        outputs, changes = self.engine.up(run_stack_name(run.name), program)
+        instance = {"host": socket.gethostname(), "pid": outputs.get("pid"),
+                    "start_ticks": outputs.get("start_ticks"), "workdir": workdir}
+        return changes, instance
+
+    def teardown(self, run_name: str) -> list[ResourceChange]:
+        """Destroy `run-<name>`; a stack that was never created is already torn down."""
+        try:
+            return self.engine.destroy(run_stack_name(run_name), lambda: None)
+        except NotFoundError:
+            return []
+
+    def stacks(self) -> list[StackInfo]:
+        return self.engine.list_stacks()
+
+    def history(self, run_name: str) -> list[UpdateRecord]:
+        return self.engine.history(run_stack_name(run_name))
+
+    def runner_alive(self, run: RunRecord) -> bool | None:
+        pid = run.instance.get("pid")
+        if not pid or run.instance.get("host") != socket.gethostname():
+            return None
+        return process_alive(int(pid), run.instance.get("start_ticks"))
+
+    def clear_stale_locks(self) -> list[str]:
+        """Remove file-backend locks whose engine process is gone; return their stacks."""
+        if not self.engine.backend_url.startswith("file://"):
+            return []
+        locks = Path(self.engine.backend_url[len("file://"):]) / ".pulumi" / "locks"
+        cleared = []
+        for lock in locks.rglob("*.json") if locks.is_dir() else []:
+            try:
+                info = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                continue
+            pid, host = info.get("pid"), info.get("hostname")
+            if host == socket.gethostname() and pid and not process_alive(int(pid), None):
+                lock.unlink(missing_ok=True)
+                cleared.append(lock.parent.name)
+        return cleared
+
+

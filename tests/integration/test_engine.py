@@ -1,0 +1,63 @@
+"""The real Pulumi engine with the file backend: a stack of one Python dynamic resource."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from dstack.stacks.engine import PROJECT_YAML, Engine
+from dstack.stacks.local_resources import Folder
+
+from dstack.errors import NotFoundError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_dynamic_folder_up_destroy_history(home: Path, tmp_path: Path) -> None:
+    target = tmp_path / "made-by-pulumi"
+    engine = Engine(home)
+
+    def program() -> None:
+        Folder("folder", str(target))
+
+    _outputs, created = engine.up("engine-check", program)
+    assert target.is_dir()
+    assert [(c.op, c.name) for c in created] == [("create", "folder")]
+    [info] = [s for s in engine.list_stacks() if s.name == "engine-check"]
+    assert info.resource_count >= 2  # the stack itself, its dynamic provider, the folder
+
+    deleted = engine.destroy("engine-check", program)
+    assert not target.exists()
+    assert [(c.op, c.name) for c in deleted] == [("delete", "folder")]
+
+    history = engine.history("engine-check")
+    assert [(h.kind, h.result) for h in history] == [("update", "succeeded"),
+                                                     ("destroy", "succeeded")]
+    # Pulumi counts the stack resource itself beside the folder.
+    assert history[0].changes.get("create") == 2
+    assert history[1].changes.get("delete") == 2
+    assert all(h.end for h in history)
+
+
+def test_engine_files_are_private_and_state_is_local(home: Path, tmp_path: Path) -> None:
+    engine = Engine(home)
+    engine.up("privacy-check", lambda: Folder("f", str(tmp_path / "x")))
+    passphrase = home / "secrets" / "pulumi-passphrase"
+    assert stat.S_IMODE(passphrase.stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / "state").stat().st_mode) == 0o700
+    assert engine.backend_url == f"file://{home / 'state'}"
+    secret = passphrase.read_text().strip()
+    state_files = list((home / "state").rglob("*.json"))
+    assert state_files
+    assert all(secret not in p.read_text() for p in state_files)
+    engine.destroy("privacy-check", lambda: Folder("f", str(tmp_path / "x")))
+
+
+def test_unknown_stack_is_a_dstack_error(home: Path) -> None:
+    with pytest.raises(NotFoundError):
+        Engine(home).history("no-such-stack")
+
+
+def test_repository_pulumi_yaml_is_the_engine_project() -> None:
+    assert (REPO / "Pulumi.yaml").read_text() == PROJECT_YAML
