@@ -21,10 +21,10 @@ from dstack.backend import Backend, ResourceChange, load_backend
 from dstack.errors import DstackError, NotFoundError, StackBusyError, UsageError
 from dstack.home import dstack_home
 from dstack.procs import process_alive, process_start_ticks
-from dstack.profiles import Profile, get_profile
+from dstack.profiles import Profile, get_profile, store_url
 from dstack.runner import stop_key
 from dstack.runs import RunRecord, Status, list_runs, load_run, run_stack_name, update_run
-from dstack.store import Store
+from dstack.store import Store, open_store
 from dstack.sync import read_log_chunks
 
 Say = Callable[[str], None]
@@ -54,8 +54,8 @@ class Context:
 
     @cached_property
     def store(self) -> Store:
-        """The profile's store."""
-        return self.backend.store()
+        """The profile's store (opening it does not load the backend)."""
+        return open_store(store_url(self.profile, self.home))
 
 
 def submitter() -> dict[str, object]:

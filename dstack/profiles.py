@@ -62,3 +62,14 @@ def get_profile(home: Path, name: str | None) -> Profile:
                          did_you_mean(wanted, profiles) or
                          f"Profiles: {', '.join(profiles)}. Add one with `dstack config add`.")
     return profiles[wanted]
+
+
+def store_url(profile: Profile, home: Path) -> str:
+    """Where the profile's store is: a folder for local, the profile's bucket otherwise."""
+    if profile.backend == "local":
+        return f"file://{Path(profile.settings.get('store', home / 'store'))}"
+    url = profile.settings.get("store_url")
+    if not url:
+        raise UsageError(f"profile {profile.name!r} names no store",
+                         f"Add it again: `dstack config add {profile.backend} {profile.name} ...`.")
+    return str(url)

@@ -4,76 +4,38 @@
 each workflow against its provider's model (`dstack.spec.workflow_model`) and then checks them
 together (unique names, known dependencies, no cycles). Every problem becomes one line
 `file:line:column: field.path: what is wrong` of a single `SpecError`; nothing escapes as a
-traceback. `validate_workflow` checks one mapping given on the command line.
+traceback. `validate_workflow` checks one mapping given on the command line. Reading the YAML
+with positions is `dstack.spec_yaml`'s job; `Problem` and `spec_error` are in
+`dstack.spec_problems`.
 """
 
 from __future__ import annotations
 
-import codecs
 import difflib
-import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from dstack.errors import SpecError, UsageError
 from dstack.names import did_you_mean
 from dstack.provider_registry import PROVIDERS, providers_hint, unknown_provider_message
-from dstack.sizes import format_size
-from dstack.spec import Workflow, describe, workflow_model
+from dstack.spec import Workflow, workflow_model
+from dstack.spec_fields import describe
+from dstack.spec_problems import MAX_PROBLEMS as MAX_PROBLEMS
+from dstack.spec_problems import FieldPath, Locate, Problem, spec_error
+from dstack.spec_yaml import Marks, parse_yaml, read_text
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
-MAX_NODES = 200_000
-MAX_PROBLEMS = 20
 COMMAND_LINE = "<command line>"
-SCHEMA_HINT = "`dstack schema` prints every field a workflow may have."
 EXAMPLE_HINT = "For example:\nworkflows:\n  - name: train\n    provider: python\n    file: train.py"
-_MERGE = "tag:yaml.org,2002:merge"
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-FieldPath = tuple[str | int, ...]
-Locate = Callable[[FieldPath, bool], "tuple[int, int] | None"]
 
 
-def format_path(path: FieldPath) -> str:
-    """`("workflows", 1, "resources", "gpu")` → `workflows[1].resources.gpu`."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
-    return text
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong in a spec, with where it is."""
-
-    origin: str
-    path: FieldPath
-    message: str
-    line: int | None = None
-    column: int | None = None
-
-    def __str__(self) -> str:
-        where = self.origin if self.line is None else f"{self.origin}:{self.line}:{self.column}"
-        field_path = format_path(self.path)
-        return (
-            f"{where}: {field_path}: {self.message}" if field_path else f"{where}: {self.message}"
-        )
-
-
-def spec_error(problems: Sequence[Problem], hint: str | None = SCHEMA_HINT) -> SpecError:
-    """One `SpecError` listing `problems`, one a line, the first one first."""
-    lines = [str(problem) for problem in dict.fromkeys(problems)]
-    if len(lines) > MAX_PROBLEMS:
-        lines = [*lines[:MAX_PROBLEMS], f"... and {len(lines) - MAX_PROBLEMS} more problems"]
-    return SpecError("\n".join(lines), hint)
-
-
-def _problem(origin: str, locate: Locate | None, path: FieldPath, message: str, key: bool = False):
+def _problem(
+    origin: str, locate: Locate | None, path: FieldPath, message: str, key: bool = False
+) -> Problem:
     position = locate(path, key) if locate else None
     return Problem(origin, path, message, *(position or (None, None)))
 
@@ -200,156 +162,6 @@ def validate_workflow(data: Mapping[str, Any], *, origin: str = COMMAND_LINE) ->
     return workflow
 
 
-# -- YAML with positions -------------------------------------------------------------------
-
-
-@dataclass
-class _Marks:
-    """1-based (line, column) of every value and key, by field path."""
-
-    values: dict[FieldPath, tuple[int, int]] = field(default_factory=dict)
-    keys: dict[FieldPath, tuple[int, int]] = field(default_factory=dict)
-
-    def locate(self, path: FieldPath, key: bool = False) -> tuple[int, int] | None:
-        if key and path in self.keys:
-            return self.keys[path]
-        while path not in self.values and path:
-            path = path[:-1]
-        return self.values.get(path)
-
-
-def _at(node: yaml.Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-class _Builder:
-    """Plain data from a composed node tree, recording where each key and value is."""
-
-    def __init__(self, loader: Any, origin: str) -> None:
-        self.loader, self.origin = loader, origin
-        self.marks, self.problems, self.count = _Marks(), list[Problem](), 0
-        self.active: set[int] = set()
-
-    def fail(self, node: yaml.Node, path: FieldPath, message: str) -> None:
-        self.problems.append(Problem(self.origin, path, message, *_at(node)))
-
-    def build(self, node: yaml.Node, path: FieldPath) -> object:
-        self.count += 1
-        if self.count > MAX_NODES:
-            raise SpecError(f"{self.origin}: more than {MAX_NODES} values (aliases expanding?)")
-        self.marks.values[path] = _at(node)  # an own key after a `<<` merge wins
-        if isinstance(node, yaml.ScalarNode):
-            return self.scalar(node, path)
-        if id(node) in self.active:
-            self.fail(node, path, "an alias refers to the mapping or list it is inside")
-            return None
-        self.active.add(id(node))
-        try:
-            if isinstance(node, yaml.SequenceNode):
-                return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
-            return self.mapping(node, path)
-        finally:
-            self.active.discard(id(node))
-
-    def scalar(self, node: yaml.Node, path: FieldPath) -> object:
-        try:
-            return self.loader.construct_object(node)
-        except (ValueError, TypeError, OverflowError) as e:  # e.g. a date like 2024-13-45
-            self.fail(node, path, f'cannot read "{node.value}" ({e}); quote it to keep it text')
-            return None
-
-    def mapping(self, node: yaml.MappingNode, path: FieldPath) -> dict[str, object]:
-        own = {id(key) for key, _ in node.value if key.tag != _MERGE}
-        self.loader.flatten_mapping(node)  # `<<: *base` merges come first, own keys win
-        result: dict[str, object] = {}
-        lines: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            known = len(self.problems)
-            key = self.scalar(key_node, path)
-            if not isinstance(key, str):
-                if len(self.problems) == known:
-                    self.fail(key_node, path, f"a key must be text, not {describe(key)}; quote it")
-                continue
-            if id(key_node) in own:
-                if key in lines:
-                    message = f'duplicate key "{key}" (first at line {lines[key]})'
-                    self.fail(key_node, (*path, key), message)
-                lines[key] = _at(key_node)[0]
-            self.marks.keys[(*path, key)] = _at(key_node)
-            result[key] = self.build(value_node, (*path, key))
-        return result
-
-
-def _syntax_error(error: yaml.YAMLError, text: str, origin: str) -> SpecError:
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-    if mark is not None:
-        line, column = mark.line + 1, mark.column + 1
-    else:  # a ReaderError: a character YAML does not allow
-        position = getattr(error, "position", 0)
-        line = text.count("\n", 0, position) + 1
-        column = position - (text.rfind("\n", 0, position) + 1) + 1
-    source = text.splitlines()[line - 1] if line <= len(text.splitlines()) else ""
-    indent = source[: len(source) - len(source.lstrip(" \t"))]
-    if "\t" in indent:
-        message = "a tab is used for indentation; YAML allows only spaces"
-    else:
-        what = getattr(error, "problem", None) or str(error).splitlines()[0]
-        context = getattr(error, "context", None)
-        message = f"invalid YAML: {what}" + (f" ({context})" if context else "")
-    shown = "".join(c if c.isprintable() or c == "\t" else "?" for c in source[:120])
-    hint = f"{line:>5} | {shown}" if source.strip() else None
-    return SpecError(f"{origin}:{line}:{column}: {message}", hint)
-
-
-def parse_yaml(text: str, origin: str) -> tuple[object, _Marks]:
-    """The data in `text` (None when empty) and where each key and value is."""
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, _Marks()
-        builder = _Builder(loader, origin)
-        data = builder.build(node, ())
-    except yaml.YAMLError as e:
-        raise _syntax_error(e, text, origin) from None
-    except RecursionError:
-        raise SpecError(f"{origin}: the YAML is nested too deeply") from None
-    finally:
-        loader.dispose()
-    if builder.problems:
-        raise spec_error(builder.problems, None)
-    return data, builder.marks
-
-
-def read_text(path: Path, origin: str) -> str:
-    """The UTF-8 text of a workflow file, refusing huge, binary and undecodable files."""
-    too_big = (
-        f"{origin}: the file is over {format_size(MAX_FILE_BYTES)}, the limit for a workflow file"
-    )
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise SpecError(f"{origin}: not a regular file")
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise SpecError(too_big, "Is this the right file? Workflow files are small YAML.")
-        with path.open("rb") as file:
-            data = file.read(MAX_FILE_BYTES + 1)
-    except OSError as e:
-        raise SpecError(f"{origin}: cannot read the file: {e.strerror or e}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise SpecError(too_big, "Is this the right file? Workflow files are small YAML.")
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise SpecError(f"{origin}: the file is UTF-16", "Save it as UTF-8.")
-    if b"\0" in data:
-        raise SpecError(f"{origin}: this is a binary file (it has NUL bytes), not YAML text")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        message = f"{origin}:{line}:{column}: not valid UTF-8 (byte 0x{data[e.start]:02x})"
-        raise SpecError(message, "Save the file as UTF-8.") from None
-
-
 # -- files and projects --------------------------------------------------------------------
 
 
@@ -429,7 +241,9 @@ class _Entry:
     locate: Locate
 
 
-def _check_file(data: object, path: Path, origin: str, marks: _Marks) -> tuple[list, list]:
+def _check_file(
+    data: object, path: Path, origin: str, marks: Marks
+) -> tuple[list[_Entry], list[Problem]]:
     """The workflows of one parsed file and the problems in it."""
     locate = marks.locate
 
@@ -528,7 +342,7 @@ def load_workflows(project_dir: Path) -> Workflows:
     problems: list[Problem] = []
     for path in files:
         origin = _origin(path, project_dir)
-        data, marks = parse_yaml(read_text(path, origin), origin)
+        data, marks = parse_yaml(read_text(path, origin, MAX_FILE_BYTES), origin)
         found, file_problems = _check_file(data, path, origin, marks)
         entries += found
         problems += file_problems

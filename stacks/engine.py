@@ -10,6 +10,7 @@ turned into dstack errors that say what to do.
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from typing import Any
 from dstack.stacks.engine_install import PULUMI_VERSION, engine_bin, engine_root, is_installed
 from pulumi import automation as auto
 from pulumi.automation import errors as auto_errors
+from pulumi.automation._stack import StackInitMode
 from pulumi.automation.events import EngineEvent, OpType
 from semver import VersionInfo
 
@@ -46,6 +48,29 @@ _CHANGE_OPS = {OpType.CREATE: "create", OpType.DELETE: "delete", OpType.UPDATE: 
 def install_official(root: str, version: str) -> None:
     """Run Pulumi's official installer into `root` (used by `engine_install`)."""
     auto.PulumiCommand.install(root=root, version=VersionInfo.parse(version))
+
+
+class _Stack(auto.Stack):
+    """A stack whose `up`/`destroy` skip the two extra engine calls the Automation API makes
+    afterwards (`stack output` and `stack history`, about 1 s together): dstack reads the
+    outputs and changes from the update's own event stream instead."""
+
+    def outputs(self) -> auto.OutputMap:
+        return {}
+
+    def info(self, show_secrets: bool = True) -> auto.UpdateSummary:
+        # A placeholder: the Automation API insists on a summary; dstack does not read it.
+        return auto.UpdateSummary(kind="update", start_time=datetime.now(timezone.utc),
+                                  message="", environment={}, config={}, result="succeeded")
+
+
+def _command(root: Path, version: str) -> auto.PulumiCommand:
+    """The engine command, without running `pulumi version` again when the install stamp
+    already says which version it is (each engine start costs about 0.3 s)."""
+    cmd = auto.PulumiCommand.__new__(auto.PulumiCommand)
+    cmd.command = str(root / "bin" / "pulumi")
+    cmd.version = VersionInfo.parse(version)
+    return cmd
 
 
 class Engine:
@@ -90,9 +115,7 @@ class Engine:
         project = self.work_dir / "Pulumi.yaml"
         if not project.exists() or project.read_text() != PROJECT_YAML:
             write_private(project, PROJECT_YAML.encode())
-        self._command = auto.PulumiCommand(
-            root=str(engine_root(self.home)), version=VersionInfo.parse(PULUMI_VERSION)
-        )
+        self._command = _command(engine_root(self.home), PULUMI_VERSION)
         return self._command
 
     def _workspace(self, program: Program | None = None) -> auto.LocalWorkspace:
@@ -107,9 +130,8 @@ class Engine:
 
     def _stack(self, name: str, program: Program | None, create: bool) -> auto.Stack:
         ws = self._workspace(program)
-        if create:
-            return auto.Stack.create_or_select(name, ws)
-        return auto.Stack.select(name, ws)
+        mode = StackInitMode.CREATE_OR_SELECT if create else StackInitMode.SELECT
+        return _Stack(name, ws, mode)
 
     # -- operations ----------------------------------------------------------------------
 
@@ -120,9 +142,9 @@ class Engine:
         with _translated(name, "bring up"):
             stack = self._stack(name, program, create=True)
             changes = _ChangeLog()
-            result = stack.up(on_output=on_output, on_event=changes, color="never",
-                              suppress_progress=True, show_secrets=False)
-            return {k: v.value for k, v in result.outputs.items()}, changes.items
+            stack.up(on_output=on_output, on_event=changes, color="never",
+                     suppress_progress=True, show_secrets=False)
+            return changes.outputs, changes.items
 
     def destroy(
         self, name: str, program: Program, on_output: OutputFn | None = None
@@ -184,10 +206,14 @@ class _ChangeLog:
 
     def __init__(self) -> None:
         self.items: list[ResourceChange] = []
+        self.outputs: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def __call__(self, event: EngineEvent) -> None:
         out = event.res_outputs_event
+        if out is not None and out.metadata is not None and out.metadata.type == \
+                "pulumi:pulumi:Stack" and out.metadata.new is not None:
+            self.outputs = dict(out.metadata.new.outputs or {})
         if out is None or out.metadata is None:
             return
         op = _CHANGE_OPS.get(out.metadata.op)

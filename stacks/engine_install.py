@@ -66,14 +66,22 @@ def binary_version(binary: Path) -> tuple[int, int, int] | None:
     return parse_version(out)
 
 
-def is_installed(home: Path | None = None, version: str = PULUMI_VERSION) -> bool:
-    """True when the engine dir holds a working engine of at least `version` and the launcher."""
+STAMP = ".installed"
+
+
+def is_installed(home: Path | None = None, version: str = PULUMI_VERSION,
+                 check: bool = False) -> bool:
+    """True when the engine dir holds an engine of at least `version` and the launcher.
+
+    Cheap by default (the stamp written after a verified install); `check` runs the binary.
+    """
     bin_dir = engine_bin(home, version)
-    found = binary_version(bin_dir / "pulumi")
-    wanted = parse_version(version)
-    return found is not None and wanted is not None and found >= wanted and (
-        bin_dir / LAUNCHER_NAME
-    ).exists()
+    if not (bin_dir / LAUNCHER_NAME).exists() or not (bin_dir / "pulumi").exists():
+        return False
+    if not check:
+        return (bin_dir / STAMP).exists()
+    found, wanted = binary_version(bin_dir / "pulumi"), parse_version(version)
+    return found is not None and wanted is not None and found >= wanted
 
 
 def write_launcher(bin_dir: Path) -> None:
@@ -226,11 +234,9 @@ def try_go_build(bin_dir: Path, version: str) -> bool:
 def ensure_engine(home: Path | None = None, version: str = PULUMI_VERSION) -> Path:
     """Make sure the engine of `version` is installed; return its `bin` folder."""
     root, bin_dir = engine_root(home, version), engine_bin(home, version)
-    if is_installed(home, version):
-        _say(f"pulumi {version} already installed in {bin_dir}")
-        return bin_dir
     with _install_lock(root):
-        if is_installed(home, version):
+        if is_installed(home, version, check=True):
+            (bin_dir / STAMP).write_text(version + "\n")
             _say(f"pulumi {version} already installed in {bin_dir}")
             return bin_dir
         bin_dir.mkdir(parents=True, exist_ok=True)
@@ -241,7 +247,9 @@ def ensure_engine(home: Path | None = None, version: str = PULUMI_VERSION) -> Pa
         )
         if ok:
             write_launcher(bin_dir)
-        if not ok or not is_installed(home, version):
+        if ok and is_installed(home, version, check=True):
+            (bin_dir / STAMP).write_text(version + "\n")
+        else:
             raise EngineMissingError(
                 f"could not provide the Pulumi engine {version} in {bin_dir}",
                 "Put pulumi >= "

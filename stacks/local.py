@@ -23,7 +23,7 @@ from dstack.home import private_dir
 from dstack.job import Job
 from dstack.machine import docker_engine_available, local_gpus
 from dstack.procs import process_alive
-from dstack.profiles import Profile
+from dstack.profiles import Profile, store_url
 from dstack.runs import RunRecord, run_stack_name
 from dstack.store import LocalStore, Store
 
@@ -37,7 +37,7 @@ class LocalBackend:
         self.profile = profile
         self.home = home
         self.engine = Engine(home, profile.state_url)
-        self.store_root = Path(profile.settings.get("store", home / "store"))
+        self.store_root = Path(store_url(profile, home)[len("file://"):])
         self.workdirs = home / "workdirs"
         self.cache = home / "cache"
 
