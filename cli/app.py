@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from dstack.cli import output
 from dstack.cli.artifacts_cmds import artifacts_app
 from dstack.cli.runs_cmds import register_run_commands
 from dstack.cli.tags_cmds import tags_app
-
 from dstack.errors import DstackError
 
 app = typer.Typer(

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from dstack.cli import output
 from dstack.cli.runs_cmds import JsonOpt, Profile, open_context
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from dstack.cli import output
 
+from dstack.cli import output
 from dstack.lifecycle import Context, attach, follow, gc, reconcile, remove_run, stop
 from dstack.runs import RunRecord, Status, list_runs, load_run
 

@@ -10,15 +10,14 @@ turned into dstack errors that say what to do.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dstack.stacks.engine_install import PULUMI_VERSION, engine_bin, engine_root, is_installed
 from pulumi import automation as auto
 from pulumi.automation import errors as auto_errors
 from pulumi.automation._stack import StackInitMode
@@ -28,6 +27,7 @@ from semver import VersionInfo
 from dstack.backend import ResourceChange, StackInfo, UpdateRecord
 from dstack.errors import BackendError, EngineMissingError, NotFoundError, StackBusyError
 from dstack.home import private_dir, secret_file, write_private
+from dstack.stacks.engine_install import PULUMI_VERSION, engine_bin, engine_root, is_installed
 
 PROJECT_NAME = "dstack"
 PROJECT_YAML = (

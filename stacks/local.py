@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 
 import pulumi
-from dstack.stacks.engine import Engine
-from dstack.stacks.local_resources import Folder, RunnerProcess
 
 from dstack.backend import ResourceChange, StackInfo, UpdateRecord
 from dstack.bootstrap import render_bootstrap
@@ -25,6 +23,8 @@ from dstack.machine import docker_engine_available, local_gpus
 from dstack.procs import process_alive
 from dstack.profiles import Profile, store_url
 from dstack.runs import RunRecord, run_stack_name
+from dstack.stacks.engine import Engine
+from dstack.stacks.local_resources import Folder, RunnerProcess
 from dstack.store import LocalStore, Store
 
 
