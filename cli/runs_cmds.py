@@ -9,8 +9,18 @@ from typing import Annotated
 import typer
 
 from dstack.cli import output
-from dstack.lifecycle import Context, attach, follow, gc, reconcile, remove_run, stop
-from dstack.runs import RunRecord, Status, list_runs, load_run
+from dstack.interrupts import deferred_sigint
+from dstack.lifecycle import (
+    Context,
+    attach,
+    exit_code,
+    follow,
+    gc,
+    reconcile,
+    remove_run,
+    stop,
+)
+from dstack.runs import RunRecord, list_runs, load_run
 
 Profile = Annotated[str | None, typer.Option("--profile", help="Profile to use.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -106,18 +116,18 @@ def register_run_commands(app: typer.Typer) -> None:
                                "stack": {"name": "run-<name>", "resources":
                                          ctx.backend.plan_resources(plan.job)}})
             return 0
-        record = submit(ctx, plan, detached=detach, say=output.say)
         if detach:
+            record = submit(ctx, plan, detached=True, say=output.say)
             output.say(f"{record.name} runs detached: `dstack logs {record.name} -f`, "
                        f"`dstack stop {record.name}`")
             print(record.name)
             return 0
-        final = attach(ctx, record.name, output.write_raw, output.say)
+        with deferred_sigint() as interrupts:  # from here on, Ctrl-C stops the run
+            record = submit(ctx, plan, say=output.say)
+            final = attach(ctx, record.name, output.write_raw, output.say, interrupts)
         output.say(f"{final.name} {final.status.value}"
                    + (f": {final.message}" if final.message else ""))
-        if final.status is Status.DONE:
-            return 0
-        return final.exit_code if final.exit_code not in (None, 0) else 1
+        return exit_code(final)
 
     @app.command()
     def ps(

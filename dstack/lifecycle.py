@@ -20,6 +20,7 @@ from dstack.audit import record_update
 from dstack.backend import Backend, ResourceChange, load_backend
 from dstack.errors import DstackError, NotFoundError, StackBusyError, UsageError
 from dstack.home import dstack_home
+from dstack.interrupts import Deferred, deferred_sigint
 from dstack.procs import process_alive, process_start_ticks
 from dstack.profiles import Profile, get_profile, store_url
 from dstack.runner import stop_key
@@ -73,18 +74,24 @@ def submitter_alive(run: RunRecord) -> bool:
 
 
 def provision(ctx: Context, run: RunRecord, say: Say = _quiet) -> RunRecord:
-    """Bring up the run's stack; on failure tear it down again and mark the run failed."""
+    """Bring up the run's stack; on failure tear it down again and mark the run failed.
+
+    Ctrl-C does not cut the update short: it is deferred, and then stops the run.
+    """
     run = update_run(ctx.store, run.name, status=Status.PROVISIONING.value)
     say(f"provisioning stack {run.stack}")
-    try:
-        changes, instance = ctx.backend.provision(run, ctx.backend.bootstrap(run))
-        record_update(ctx.store, run.name, "up", changes)
-    except BaseException as exc:
-        reason = str(exc) if isinstance(exc, DstackError) else repr(exc)
-        update_run(ctx.store, run.name, status=Status.FAILED.value,
-                   message=f"provisioning failed: {reason}")
-        teardown(ctx, run.name, say)
-        raise
+    with deferred_sigint() as interrupted:
+        try:
+            changes, instance = ctx.backend.provision(run, ctx.backend.bootstrap(run))
+            record_update(ctx.store, run.name, "up", changes)
+        except BaseException as exc:
+            reason = str(exc) if isinstance(exc, DstackError) else repr(exc)
+            update_run(ctx.store, run.name, status=Status.FAILED.value,
+                       message=f"provisioning failed: {reason}")
+            teardown(ctx, run.name, say)
+            raise
+    if interrupted.count:
+        request_stop(ctx, run.name)
     say(f"created {', '.join(c.name for c in changes if c.op == 'create') or 'nothing'}")
     return update_run(ctx.store, run.name, instance=instance)
 
@@ -97,7 +104,8 @@ def teardown(ctx: Context, run_name: str, say: Say = _quiet, wait_s: float = 120
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            changes: list[ResourceChange] = ctx.backend.teardown(run_name)
+            with deferred_sigint(say, "Ctrl-C: the stack is being destroyed; one moment"):
+                changes: list[ResourceChange] = ctx.backend.teardown(run_name)
             break
         except StackBusyError:
             try:
@@ -203,57 +211,82 @@ def gc(ctx: Context, say: Say = _quiet) -> dict[str, list[str]]:
     return {"locks": cleared, "torn_down": torn, "orphans": orphans}
 
 
+@dataclass
+class Cursor:
+    """How far a follower has read a run: log chunks, status, app URLs shown."""
+
+    seq: int = 0
+    status: Status | None = None
+    shown: set[str] = field(default_factory=set)
+
+
 def follow(ctx: Context, run_name: str, write: Callable[[bytes], None], say: Say = _quiet,
-           poll_s: float = 0.2, until_finished: bool = True) -> RunRecord:
+           poll_s: float = 0.2, until_finished: bool = True, cursor: Cursor | None = None,
+           interrupted: Callable[[], bool] = lambda: False) -> RunRecord:
     """Stream the run's log to `write` (and status changes and app URLs to `say`).
 
     Returns when the run has finished (or at once after the current log when
-    `until_finished` is false), or when its runner is gone.
+    `until_finished` is false), when its runner is gone, or when `interrupted()` says so.
+    `cursor` keeps the position across calls.
     """
-    seq = 0
-    status: Status | None = None
-    shown: set[str] = set()
+    at = cursor or Cursor()
     while True:
-        data, seq = read_log_chunks(ctx.store, run_name, seq)
+        data, at.seq = read_log_chunks(ctx.store, run_name, at.seq)
         if data:
             write(data)
         run = load_run(ctx.store, run_name)
-        if run.status is not status:
-            status = run.status
-            if not status.finished:
-                say(f"{run.name} is {status.value}")
+        if run.status is not at.status:
+            at.status = run.status
+            if at.status in (Status.RUNNING, Status.UPLOADING):
+                say(f"{run.name} is {at.status.value}")
         for app in run.apps:
-            if app.url not in shown:
-                shown.add(app.url)
+            if app.url not in at.shown:
+                at.shown.add(app.url)
                 say(f"{app.name} is at {app.url}")
         if run.status.finished or not until_finished:
-            data, seq = read_log_chunks(ctx.store, run_name, seq)
+            data, at.seq = read_log_chunks(ctx.store, run_name, at.seq)
             if data:
                 write(data)
             return run
-        if run.status in (Status.RUNNING, Status.UPLOADING) and \
-                ctx.backend.runner_alive(run) is False:
+        if interrupted() or (run.status in (Status.RUNNING, Status.UPLOADING) and
+                             ctx.backend.runner_alive(run) is False):
             return load_run(ctx.store, run_name)
         time.sleep(poll_s)
 
 
 def attach(ctx: Context, run_name: str, write: Callable[[bytes], None],
-           say: Say = _quiet) -> RunRecord:
-    """Follow a run to its end, then tear it down. Ctrl-C stops the job (its artifacts are
-    saved); a second Ctrl-C aborts it. Returns the final record."""
-    interrupts = 0
+           say: Say = _quiet, interrupts: Deferred | None = None) -> RunRecord:
+    """Follow a run to its end, then tear it down; return the final record.
+
+    Ctrl-C (counted in `interrupts`, from `deferred_sigint` around the submission and this
+    call) stops the job, saving its artifacts; a second one aborts it.
+    """
+    got = interrupts or Deferred()
+    handled = Deferred()
+    cursor = Cursor()
     while True:
-        try:
-            follow(ctx, run_name, write, say)
-            break
-        except KeyboardInterrupt:
-            interrupts += 1
-            abort = interrupts > 1
+        run = follow(ctx, run_name, write, say, cursor=cursor,
+                     interrupted=lambda: got.count > handled.count)
+        if got.count > handled.count and not run.status.finished:
+            handled.count = got.count
+            abort = handled.count > 1
             say("aborting" if abort else "stopping the job and saving its artifacts "
                 "(Ctrl-C again to abort)")
             request_stop(ctx, run_name, abort=abort)
+            continue
+        break
     teardown(ctx, run_name, say)
     return load_run(ctx.store, run_name)
+
+
+def exit_code(run: RunRecord) -> int:
+    """What `dstack run` exits with: the job's code, 128+N for a signal, 1 otherwise."""
+    if run.status is Status.DONE:
+        return 0
+    code = run.exit_code
+    if code is None or code == 0:
+        return 130 if run.status in (Status.STOPPED, Status.ABORTED) else 1
+    return 128 - code if code < 0 else code
 
 
 def remove_run(ctx: Context, run_name: str, tags: list[str]) -> None:

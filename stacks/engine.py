@@ -27,7 +27,14 @@ from semver import VersionInfo
 from dstack.backend import ResourceChange, StackInfo, UpdateRecord
 from dstack.errors import BackendError, EngineMissingError, NotFoundError, StackBusyError
 from dstack.home import private_dir, secret_file, write_private
-from dstack.stacks.engine_install import PULUMI_VERSION, engine_bin, engine_root, is_installed
+from dstack.stacks.engine_install import (
+    PULUMI_VERSION,
+    SESSION_NAME,
+    engine_bin,
+    engine_root,
+    is_installed,
+    write_launcher,
+)
 
 PROJECT_NAME = "dstack"
 PROJECT_YAML = (
@@ -68,7 +75,9 @@ def _command(root: Path, version: str) -> auto.PulumiCommand:
     """The engine command, without running `pulumi version` again when the install stamp
     already says which version it is (each engine start costs about 0.3 s)."""
     cmd = auto.PulumiCommand.__new__(auto.PulumiCommand)
-    cmd.command = str(root / "bin" / "pulumi")
+    if not (root / "bin" / SESSION_NAME).exists():
+        write_launcher(root / "bin")
+    cmd.command = str(root / "bin" / SESSION_NAME)
     cmd.version = VersionInfo.parse(version)
     return cmd
 

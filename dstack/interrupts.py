@@ -1,0 +1,38 @@
+"""Deferring Ctrl-C while dstack changes infrastructure, so no update is cut in half."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+
+
+@dataclass
+class Deferred:
+    """How many Ctrl-C arrived while the block ran."""
+
+    count: int = 0
+
+
+@contextmanager
+def deferred_sigint(note: Callable[[str], None] | None = None,
+                    message: str = "") -> Iterator[Deferred]:
+    """Run the block with SIGINT recorded instead of raised (main thread only)."""
+    got = Deferred()
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def handler(_sig: int, _frame: FrameType | None) -> None:
+        got.count += 1
+        if note and message:
+            note(message)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGINT, previous)
