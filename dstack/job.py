@@ -46,6 +46,8 @@ class Job(BaseModel):
     working_dir: str = Field(".", description="Relative to the unpacked code.")
     artifacts: list[ArtifactPath] = Field(default_factory=list)
     requirements: str | None = Field(None, description="Requirements file to install first.")
+    packages: list[str] = Field(default_factory=list,
+                                description="Packages the provider needs (e.g. streamlit).")
     ports: int = Field(0, description="How many free ports the job gets (PORT_0, ...).")
     apps: list[AppPort] = Field(default_factory=list)
     token: str | None = Field(None, description="Access token of an IDE-like app.")
@@ -63,5 +65,6 @@ class JobParts(BaseModel):
     ports: int = 0
     apps: list[AppPort] = Field(default_factory=list)
     requirements: str | None = None
+    packages: list[str] = Field(default_factory=list)
     token: bool = Field(False, description="Whether the app needs a generated access token.")
     needs_docker: bool = False

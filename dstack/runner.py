@@ -107,7 +107,7 @@ class Runner:
         """Start `job.sh` in its own process group, its output going to the log."""
         job = self.run.job
         python_bin = python_env(job.requirements and str(self.repo / job.requirements),
-                                self.cache / "venvs", self.log.say)
+                                self.cache / "venvs", self.log.say, job.packages)
         ports = [free_port() for _ in range(job.ports)]
         self.ports = ports
         script = self.workdir / "job.sh"
@@ -142,30 +142,32 @@ class Runner:
         self.kill_job(signal.SIGKILL)
         self.proc.wait()
 
-    def _check_apps(self, pending: list[App]) -> list[App]:
+    def _check_apps(self, pending: list[tuple[App, str]]) -> list[tuple[App, str]]:
         """Apps whose port answers now are recorded in the run; return those still waiting."""
         still = []
         ready = []
-        for app in pending:
+        for app, probe in pending:
             try:
-                with urllib.request.urlopen(app.url.split("?")[0], timeout=0.5):
+                with urllib.request.urlopen(probe, timeout=0.5):
                     ready.append(app)
             except urllib.error.HTTPError:
-                ready.append(app)  # it answers, even if not 200 on that path
+                ready.append(app)  # it answers, even if not with 200 on that path
             except (OSError, ValueError):
-                still.append(app)
+                still.append((app, probe))
         if ready:
             self.run = update_run(self.store, self.run.name, apps=[*self.run.apps, *ready])
             for app in ready:
                 self.log.say(f"{app.name} is ready at {app.url}")
         return still
 
-    def _pending_apps(self) -> list[App]:
+    def _pending_apps(self) -> list[tuple[App, str]]:
+        """Each app of the job with the URL that tells when it is ready."""
         apps = []
         for spec in self.run.job.apps:
             port = self.ports[spec.index]
             base = f"http://{self.host}:{port}"
-            apps.append(App(name=spec.name, port=port, url=base + spec.url_path))
+            path = spec.url_path.replace("{token}", self.run.job.token or "")
+            apps.append((App(name=spec.name, port=port, url=base + path), base + spec.ready_path))
         return apps
 
     def supervise(self, sync: ArtifactSync) -> tuple[int | None, str | None]:

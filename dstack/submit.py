@@ -123,6 +123,7 @@ def make_job(wf: Workflow, args: list[str], outer_env: Mapping[str, str]) -> Job
                                 mount=a.mount) for a in wf.artifacts],
         requirements=(posixpath.normpath(posixpath.join(workdir, parts.requirements))
                       if parts.requirements else None),
+        packages=parts.packages,
         ports=parts.ports,
         apps=parts.apps,
         token=token,

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dstack.stacks.engine_install import PULUMI_VERSION, engine_root, is_installed
 
 from dstack.home import dstack_home
+from dstack.stacks.engine_install import PULUMI_VERSION, engine_root, is_installed
 
 INSTALLED_HOME = dstack_home()
 

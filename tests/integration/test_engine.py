@@ -6,10 +6,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from dstack.stacks.engine import PROJECT_YAML, Engine
-from dstack.stacks.local_resources import Folder
 
 from dstack.errors import NotFoundError
+from dstack.stacks.engine import PROJECT_YAML, Engine
+from dstack.stacks.local_resources import Folder
 
 REPO = Path(__file__).resolve().parents[2]
 
