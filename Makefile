@@ -19,6 +19,7 @@ engine: $(STAMP)
 	$(BIN)/python -m dstack.stacks.engine_install
 
 test: setup
+	bash scripts/system-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from dstack.audit import record_update
 from dstack.backend import Backend, ResourceChange, load_backend
 from dstack.errors import DstackError, NotFoundError, StackBusyError, UsageError
-from dstack.home import dstack_home
+from dstack.home import dstack_home, private_dir
 from dstack.interrupts import Deferred, deferred_sigint
 from dstack.procs import process_alive, process_start_ticks
 from dstack.profiles import Profile, get_profile, store_url
@@ -45,7 +45,7 @@ class Context:
     @classmethod
     def open(cls, profile_name: str | None = None) -> Context:
         """The context of `profile_name` (or the default profile)."""
-        home = dstack_home()
+        home = private_dir(dstack_home())
         return cls(profile=get_profile(home, profile_name), home=home)
 
     @cached_property

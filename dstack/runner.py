@@ -111,7 +111,8 @@ class Runner:
         ports = [free_port() for _ in range(job.ports)]
         self.ports = ports
         script = self.workdir / "job.sh"
-        script.write_text(render_job_script(job, str(self.repo / job.working_dir)))
+        script.write_text(render_job_script(job, str(self.repo / job.working_dir)),
+                          encoding="utf-8", errors="surrogateescape")
         self.proc = subprocess.Popen(
             ["bash", str(script)], cwd=self.repo, env=self.environment(ports, python_bin),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
