@@ -12,7 +12,6 @@ from dstack.cli import output
 from dstack.interrupts import deferred_sigint
 from dstack.lifecycle import (
     Context,
-    attach,
     exit_code,
     follow,
     gc,
@@ -100,7 +99,7 @@ def register_run_commands(app: typer.Typer) -> None:
         project: Annotated[Path, typer.Option("--project", "-C",
                                               help="Project folder.")] = Path("."),
     ) -> int:
-        from dstack.submit import RunOptions, plan_run, submit
+        from dstack.submit import RunOptions, plan_run, run_attached, submit
 
         opts = RunOptions(deps=dep or [], artifacts=artifact or [], gpu=gpu, gpu_name=gpu_name,
                           gpu_memory=gpu_memory, cpu=cpu, memory=memory,
@@ -123,8 +122,7 @@ def register_run_commands(app: typer.Typer) -> None:
             print(record.name)
             return 0
         with deferred_sigint() as interrupts:  # from here on, Ctrl-C stops the run
-            record = submit(ctx, plan, say=output.say)
-            final = attach(ctx, record.name, output.write_raw, output.say, interrupts)
+            final = run_attached(ctx, plan, output.write_raw, output.say, interrupts)
         output.say(f"{final.name} {final.status.value}"
                    + (f": {final.message}" if final.message else ""))
         return exit_code(final)

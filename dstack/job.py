@@ -68,3 +68,7 @@ class JobParts(BaseModel):
     packages: list[str] = Field(default_factory=list)
     token: bool = Field(False, description="Whether the app needs a generated access token.")
     needs_docker: bool = False
+    secret_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Variables the job's own lines read but never show, e.g. a registry "
+                    "password: merged into the job's env and listed in `Job.secret_env`.")

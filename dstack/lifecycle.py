@@ -255,7 +255,8 @@ def follow(ctx: Context, run_name: str, write: Callable[[bytes], None], say: Say
 
 
 def attach(ctx: Context, run_name: str, write: Callable[[bytes], None],
-           say: Say = _quiet, interrupts: Deferred | None = None) -> RunRecord:
+           say: Say = _quiet, interrupts: Deferred | None = None,
+           cursor: Cursor | None = None) -> RunRecord:
     """Follow a run to its end, then tear it down; return the final record.
 
     Ctrl-C (counted in `interrupts`, from `deferred_sigint` around the submission and this
@@ -263,7 +264,7 @@ def attach(ctx: Context, run_name: str, write: Callable[[bytes], None],
     """
     got = interrupts or Deferred()
     handled = Deferred()
-    cursor = Cursor()
+    cursor = cursor or Cursor()
     while True:
         run = follow(ctx, run_name, write, say, cursor=cursor,
                      interrupted=lambda: got.count > handled.count)

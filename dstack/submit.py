@@ -10,20 +10,23 @@ import os
 import posixpath
 import secrets
 import tempfile
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dstack.errors import UsageError
+from dstack.interrupts import Deferred
 from dstack.job import ArtifactPath, Job
-from dstack.lifecycle import Context, Say, _quiet, provision, submitter
+from dstack.lifecycle import Context, Cursor, Say, _quiet, attach, provision, submitter
 from dstack.names import did_you_mean
 from dstack.packaging import package_code
 from dstack.provider_registry import PROVIDERS, provider_params
 from dstack.runs import RunRecord, create_run, run_stack_name
 from dstack.spec import DepRef, Workflow
 from dstack.spec_loader import load_workflows, validate_workflow
+from dstack.sync import read_log_chunks
 from dstack.tags import check_tag_name, resolve_ref
 
 
@@ -117,7 +120,8 @@ def make_job(wf: Workflow, args: list[str], outer_env: Mapping[str, str]) -> Job
         shell=parts.shell,
         argv=parts.argv,
         args=args,
-        env=wf.effective_env(outer_env),
+        env={**wf.effective_env(outer_env), **parts.secret_env},
+        secret_env=sorted(parts.secret_env),
         working_dir=workdir,
         artifacts=[ArtifactPath(path=posixpath.normpath(posixpath.join(workdir, a.path)),
                                 mount=a.mount) for a in wf.artifacts],
@@ -154,9 +158,12 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
                    project_dir=project_dir)
 
 
-def submit(ctx: Context, plan: RunPlan, *, detached: bool = False,
-           say: Say = _quiet) -> RunRecord:
-    """Package the code, record the run and bring up its stack."""
+def submit(ctx: Context, plan: RunPlan, *, detached: bool = False, say: Say = _quiet,
+           on_created: Callable[[RunRecord], None] | None = None) -> RunRecord:
+    """Package the code, record the run and bring up its stack.
+
+    `on_created` is called once the run's record exists, before its stack is up.
+    """
     with tempfile.TemporaryDirectory(prefix="dstack-code-") as tmp:
         archive = package_code(plan.project_dir, Path(tmp))
         if not ctx.store.exists(archive.store_key):
@@ -173,4 +180,43 @@ def submit(ctx: Context, plan: RunPlan, *, detached: bool = False,
 
     run = create_run(ctx.store, make)
     say(f"run {run.name} submitted")
+    if on_created:
+        on_created(run)
     return provision(ctx, run, say)
+
+
+class _EarlyOutput:
+    """Streams a run's first output while its stack is still coming up: the runner starts
+    before the engine has finished saving the update."""
+
+    def __init__(self, ctx: Context, cursor: Cursor, write: Callable[[bytes], None]) -> None:
+        self.ctx, self.cursor, self.write = ctx, cursor, write
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, run: RunRecord) -> None:
+        self._thread = threading.Thread(target=self._loop, args=(run.name,), daemon=True)
+        self._thread.start()
+
+    def _loop(self, name: str) -> None:
+        while not self._stop.wait(0.1):
+            data, self.cursor.seq = read_log_chunks(self.ctx.store, name, self.cursor.seq)
+            if data:
+                self.write(data)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def run_attached(ctx: Context, plan: RunPlan, write: Callable[[bytes], None],
+                 say: Say = _quiet, interrupts: Deferred | None = None) -> RunRecord:
+    """Submit a run and follow it to its end, its output streamed from the first line."""
+    cursor = Cursor()
+    early = _EarlyOutput(ctx, cursor, write)
+    try:
+        record = submit(ctx, plan, say=say, on_created=early.start)
+    finally:
+        early.stop()
+    return attach(ctx, record.name, write, say, interrupts, cursor)
