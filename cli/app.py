@@ -67,7 +67,12 @@ def main() -> None:
         cut = argv.index("--", argv.index("run"))
         argv, output.state.after_dashes = argv[:cut], argv[cut + 1:]
     try:
-        rv = app(args=argv, standalone_mode=False)
+        from dstack.cli import provider_help  # `dstack run NAME --help`: the provider's fields
+
+        if provider_help.wants_run_help(argv):
+            rv = provider_help.print_run_help(app, argv)
+        else:
+            rv = app(args=argv, standalone_mode=False)
     except DstackError as exc:
         if debug:
             traceback.print_exc()
@@ -78,13 +83,15 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        raise
+    except Exception as exc:
+        # click's usage errors (typer carries its own copy of click, so match by shape)
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
+        if debug:
+            raise
+        output.error(f"dstack failed unexpectedly: {exc!r}",
+                     "Run the command again with --debug for the traceback, and report it.")
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)

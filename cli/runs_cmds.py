@@ -70,7 +70,8 @@ def register_run_commands(app: typer.Typer) -> None:
                  help="Run a workflow, or a provider directly (`dstack run python train.py`). "
                       "Flags dstack does not know, and everything after `--`, go to the job.")
     def run(
-        target: Annotated[str, typer.Argument(help="A workflow name or a provider name.")],
+        target: Annotated[str, typer.Argument(metavar="WORKFLOW|PROVIDER",
+                                              help="A workflow name or a provider name.")],
         args: Annotated[list[str] | None, typer.Argument(help="Passed to the job.")] = None,
         detach: Annotated[bool, typer.Option("-d", "--detach",
                                              help="Return once the run started.")] = False,
@@ -111,7 +112,7 @@ def register_run_commands(app: typer.Typer) -> None:
         if dry_run:
             output.print_json({"workflow": plan.workflow_name, "provider": plan.job.provider,
                                "profile": ctx.profile.name, "backend": ctx.profile.backend,
-                               "deps": plan.deps, "job": plan.job.model_dump(mode="json"),
+                               "deps": plan.deps, "job": plan.job.redacted(),
                                "stack": {"name": "run-<name>", "resources":
                                          ctx.backend.plan_resources(plan.job)}})
             return 0

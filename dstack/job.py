@@ -54,6 +54,12 @@ class Job(BaseModel):
     resources: dict[str, object] = Field(default_factory=dict)
     needs_docker: bool = False
 
+    def redacted(self) -> dict[str, object]:
+        """The job as JSON, with the values of secret variables hidden."""
+        doc = self.model_dump(mode="json")
+        doc["env"] = {k: ("***" if k in self.secret_env else v) for k, v in self.env.items()}
+        return doc
+
 
 class JobParts(BaseModel):
     """What a provider contributes to a job: its command, ports and apps."""

@@ -92,6 +92,7 @@ class Runner:
         env["DSTACK_WORKFLOW"] = self.run.workflow or ""
         env["PATH"] = f"{python_bin}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONUNBUFFERED"] = "1"
+        env["DSTACK_CACHE"] = str(self.cache)
         for i, port in enumerate(ports):
             env[f"PORT_{i}"] = str(port)
         if ports:
@@ -142,6 +143,10 @@ class Runner:
                 time.sleep(0.05)
         self.kill_job(signal.SIGKILL)
         self.proc.wait()
+        if self.run.job.needs_docker:  # the container outlives its killed client otherwise
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(["docker", "rm", "-f", f"dstack-{self.run.name}"],
+                               capture_output=True, timeout=60)
 
     def _check_apps(self, pending: list[tuple[App, str]]) -> list[tuple[App, str]]:
         """Apps whose port answers now are recorded in the run; return those still waiting."""

@@ -8,19 +8,22 @@ then records its URL.
 from __future__ import annotations
 
 import re
+import shlex
 
 from pydantic import Field, field_validator
 
-from dstack.job import JobParts
+from dstack.job import AppPort, JobParts
 from dstack.providers.rendering import (
     HOST,
     PASSED,
     PORT,
+    TOKEN,
     App,
     Raw,
     Word,
     app_job,
     first_positional,
+    shell_line,
 )
 from dstack.spec import Args, Scalar, SpecModel, Version
 
@@ -123,10 +126,92 @@ class LabParams(SpecModel):
                        version=self.version)
 
 
+# The code provider: openvscode-server (VS Code in the browser) from PATH or from the cache,
+# where a setup step downloads the release tarball on first use; else `code-server` on PATH
+# (e.g. installed from npm); else the download.
+OPENVSCODE_VERSION = "1.109.5"
+OPENVSCODE_SHA256 = {  # of the release tarballs of OPENVSCODE_VERSION
+    "x64": "b433bf4f0227321a7014d8460d10a8f958adc0f45aa79bd889e84e65e8f88363",
+    "arm64": "36d9c14036489b63de84ebace837fcacf7e60e669a0dc715802c5443684ea4dc",
+}
+OPENVSCODE_RELEASES = "https://github.com/gitpod-io/openvscode-server/releases/download"
+CODE_APP = AppPort(name="code", index=0, url_path="/?tkn={token}", ready_path="/")
+_TARBALL = Raw('"$dstack_tmp/server.tar.gz"')
+_URL = Raw('"$dstack_url"')
+_OPENVSCODE = [Raw('"$dstack_code"'), "--host", HOST, "--port", PORT,
+               "--connection-token", TOKEN, "--accept-server-license-terms",
+               "--telemetry-level", "off", "--default-folder", "."]
+_CODE_SERVER = ["code-server", "--bind-addr", Raw('"$DSTACK_HOST:$PORT_0"'), "--auth",
+                "password", "--disable-telemetry", "--disable-update-check", "."]
+
+
 class CodeParams(SpecModel):
     """Fields of a `provider: code` workflow (VS Code in the browser)."""
 
-    version: Version | None = Field(None, description='code-server version, e.g. "4.93.1".')
+    version: Version | None = Field(
+        None, description=f'openvscode-server version, e.g. "{OPENVSCODE_VERSION}" (the default).'
+    )
+
+    from_cli = staticmethod(first_positional("code", None, ""))
+
+    def job_parts(self) -> JobParts:
+        """The server on the run's port behind the run's token; no Python package."""
+        return JobParts(setup=self.install_lines(), shell=self.start_lines(), ports=1,
+                        apps=[CODE_APP], token=True)
+
+    def install_lines(self) -> list[str]:
+        """Set `$dstack_code` to the server, downloading openvscode-server into the cache
+        when neither it nor code-server is there. The tarball of the default version is
+        checked against its SHA-256."""
+        version = self.version or OPENVSCODE_VERSION
+        sums = OPENVSCODE_SHA256 if version == OPENVSCODE_VERSION else {}
+        return [
+            "dstack_name=" + shlex.quote(f"openvscode-server-v{version}"),
+            'dstack_dir="${DSTACK_CACHE:-$HOME/.dstack/cache}/$dstack_name"',
+            "if command -v openvscode-server >/dev/null 2>&1; then",
+            "  dstack_code=openvscode-server",
+            'elif [ -x "$dstack_dir/bin/openvscode-server" ]; then',
+            '  dstack_code="$dstack_dir/bin/openvscode-server"',
+            "elif command -v code-server >/dev/null 2>&1; then",
+            "  dstack_code=code-server",
+            "else",
+            '  case "$(uname -m)" in',
+            f"    x86_64|amd64) dstack_arch=x64 dstack_sum={sums.get('x64', '')} ;;",
+            f"    aarch64|arm64) dstack_arch=arm64 dstack_sum={sums.get('arm64', '')} ;;",
+            '    *) echo "dstack: openvscode-server has no build for $(uname -m)" >&2; exit 1 ;;',
+            "  esac",
+            f'  dstack_url="{OPENVSCODE_RELEASES}/$dstack_name/$dstack_name-linux-$dstack_arch'
+            '.tar.gz"',
+            '  mkdir -p "$(dirname "$dstack_dir")"',
+            '  dstack_tmp="$(mktemp -d "$dstack_dir.XXXXXX")"',
+            "  trap 'rm -rf \"$dstack_tmp\"' EXIT",
+            '  echo "dstack: downloading $dstack_url"',
+            "  if command -v curl >/dev/null 2>&1; then",
+            "    " + shell_line("curl", "-fsSL", "--retry", "3", "-o", _TARBALL, _URL),
+            "  else",
+            "    " + shell_line("wget", "-q", "-O", _TARBALL, _URL),
+            "  fi",
+            '  if [ -n "$dstack_sum" ]; then',
+            '    echo "$dstack_sum  $dstack_tmp/server.tar.gz" | sha256sum -c --quiet -',
+            "  fi",
+            '  tar -xzf "$dstack_tmp/server.tar.gz" -C "$dstack_tmp" --strip-components 1',
+            '  rm "$dstack_tmp/server.tar.gz"',
+            '  mv -T "$dstack_tmp" "$dstack_dir" 2>/dev/null || rm -rf "$dstack_tmp"',
+            "  trap - EXIT",
+            '  dstack_code="$dstack_dir/bin/openvscode-server"',
+            "fi",
+        ]
+
+    @staticmethod
+    def start_lines() -> list[str]:
+        """Start the server found: the token is openvscode-server's connection token (the
+        app URL carries it as `?tkn=`), or code-server's password."""
+        return [
+            'if [ "$dstack_code" = code-server ]; then',
+            '  PASSWORD="$DSTACK_TOKEN" ' + shell_line("exec", *_CODE_SERVER, PASSED),
+            "fi",
+            shell_line("exec", *_OPENVSCODE, PASSED),
+        ]
 
 
 class NotebookParams(SpecModel):

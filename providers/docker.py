@@ -1,10 +1,28 @@
-"""The docker provider: runs a container image."""
+"""The docker provider: runs a container image.
+
+The job is one `docker run --rm` on the machine of the run: the job's working dir is mounted
+at `/workdir` (and is the container's working dir, so artifacts written there are saved),
+the job's environment variables are passed by name (`-e NAME`: their values never appear on a
+command line), each port is published on the same number, bound to the run's address. The
+`commands` run under `sh -c` in the container; without them the arguments passed from
+`dstack run` are the container's command.
+"""
 
 from __future__ import annotations
 
 from pydantic import Field
 
+from dstack.errors import UsageError
+from dstack.job import AppPort, JobParts
+from dstack.providers.rendering import PASSED, Raw, Word, shell_line
 from dstack.spec import Args, Count, SpecModel
+
+WORKDIR = "/workdir"
+PASSWORD_VAR = "DSTACK_REGISTRY_PASSWORD"  # listed in Job.secret_env; read by printf only
+NAME = Raw('"dstack-$DSTACK_RUN"')
+MOUNT = Raw(f'"$PWD:{WORKDIR}"')
+RUN_VARS = ("DSTACK_RUN", "DSTACK_WORKFLOW")  # set by the runner, useful inside too
+_SHELLS = {"sh", "bash", "dash", "ash", "zsh"}
 
 
 class RegistryAuth(SpecModel):
@@ -30,3 +48,88 @@ class Params(SpecModel):
     registry_auth: RegistryAuth | None = Field(
         None, description="Credentials for a private registry: {username, password}."
     )
+
+    @classmethod
+    def from_cli(cls, positional: list[str]) -> tuple[dict[str, object], list[str]]:
+        """`dstack run docker IMAGE [-- COMMAND...]`: the image; what follows is the command."""
+        if not positional or positional[0].startswith("-"):
+            raise UsageError("`dstack run docker` needs the image to run",
+                             "Write it as `dstack run docker IMAGE [-- COMMAND...]`, e.g. "
+                             "`dstack run docker ubuntu -- echo hi`.")
+        return {"image": positional[0]}, positional[1:]
+
+    def job_parts(self) -> JobParts:
+        """`docker run` of the image (after a registry login when `registry_auth` is set)."""
+        setup: list[str] = []
+        secret: dict[str, str] = {}
+        if self.registry_auth is not None:
+            setup = login_lines(self.image, self.registry_auth.username)
+            secret = {PASSWORD_VAR: self.registry_auth.password}
+        apps = [AppPort(name=f"port {i}", index=i) for i in range(self.ports)]
+        return JobParts(setup=setup, shell=[shell_line("exec", *self.docker_run())],
+                        ports=self.ports, apps=apps, needs_docker=True, secret_env=secret)
+
+    def docker_run(self) -> list[Word]:
+        """The words of the `docker run` command line."""
+        words: list[Word] = ["docker", "run", "--rm", "--init", "--name", NAME,
+                             "-v", MOUNT, "-w", WORKDIR]
+        for name in self._env_names():
+            words += ["-e", name]
+        for i in range(self.ports):
+            words += ["-p", Raw(f'"$DSTACK_HOST:$PORT_{i}:$PORT_{i}"')]
+        resources = getattr(self, "resources", None)  # a workflow's common field
+        if resources is not None and resources.shm_size:
+            words += ["--shm-size", f"{resources.shm_size}b"]
+        if resources is not None and resources.gpu is not None and resources.gpu.count:
+            words += ["--gpus", str(resources.gpu.count)]
+        entry_args: list[str] = []
+        if self.entrypoint is not None:
+            first, *entry_args = self.entrypoint or [""]
+            words += ["--entrypoint", first]
+        words += [self.image, *entry_args]
+        if self.commands:
+            script = "\n".join(["set -e", *self.commands])
+            runs_shell = (self.entrypoint is not None and len(self.entrypoint) >= 2
+                          and self.entrypoint[-1] == "-c"
+                          and self.entrypoint[0].rsplit("/", 1)[-1] in _SHELLS)
+            words += [script, "sh"] if runs_shell else ["sh", "-c", script, "sh"]
+        return [*words, PASSED]
+
+    def _env_names(self) -> list[str]:
+        """Names of the variables the container gets: the workflow's, the run's, the ports'."""
+        names = dict.fromkeys(getattr(self, "environment", None) or {})
+        for item in getattr(self, "env", None) or []:
+            names[item.partition("=")[0]] = None
+        ports = [f"PORT_{i}" for i in range(self.ports)] + (["PORT"] if self.ports else [])
+        return [*names, *RUN_VARS, *ports]
+
+
+def registry_of(image: str) -> str | None:
+    """The registry host an image reference names, or None for Docker Hub."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def login_lines(image: str, username: str) -> list[str]:
+    """Log in with the password from the environment, pull, then forget the credentials.
+
+    The password reaches `docker login` on its standard input from `printf`, a shell
+    builtin, so it is on no command line; the credentials live in a private, temporary
+    `DOCKER_CONFIG` only while the image is pulled.
+    """
+    server = registry_of(image)
+    login = ["docker", "login", "--username", username, "--password-stdin",
+             *([server] if server else [])]
+    return [
+        'DOCKER_CONFIG="$(mktemp -d)"',
+        "export DOCKER_CONFIG",
+        "trap 'rm -rf \"$DOCKER_CONFIG\"' EXIT",
+        f"printf '%s' \"${PASSWORD_VAR}\" | " + shell_line(*login),
+        f"unset {PASSWORD_VAR}",
+        shell_line("docker", "pull", image),
+        'rm -rf "$DOCKER_CONFIG"',
+        "trap - EXIT",
+        "unset DOCKER_CONFIG",
+    ]

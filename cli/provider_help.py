@@ -1,0 +1,185 @@
+"""`dstack run NAME --help`: a provider's (or a workflow's) fields, its command-line form and
+the `dstack run` options. Formatting only: the fields come from the provider's pydantic
+model, the options from the `run` command itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+import typer.main
+from pydantic import BaseModel
+
+from dstack.cli import output
+from dstack.errors import SpecError, UsageError
+from dstack.names import did_you_mean
+from dstack.provider_registry import PROVIDERS, provider_params
+from dstack.spec import Workflow
+from dstack.spec_loader import Workflows, load_workflows
+
+HELP = ("-h", "--help")
+_FORM = re.compile(r"`(dstack run [^`]*)`")
+_TYPES = {"string": "text", "integer": "integer", "number": "number", "boolean": "true/false",
+          "null": "null"}
+
+
+def wants_run_help(argv: Sequence[str]) -> bool:
+    """Whether `argv` is `dstack [--debug] run ... --help`."""
+    words = [w for w in argv if not w.startswith("-")]
+    return bool(words) and words[0] == "run" and any(
+        w in HELP for w in argv[list(argv).index("run") + 1:])
+
+
+def print_run_help(app: typer.Typer, argv: Sequence[str]) -> int:
+    """Print the help `argv` asks for; without a NAME, click's help then the providers."""
+    command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
+    name, project = _target(command, list(argv[list(argv).index("run") + 1:]))
+    if name is None:
+        app(args=list(argv), standalone_mode=False)
+        _print_catalogue(project)
+        return 0
+    try:
+        workflows: Workflows | None = load_workflows(project)
+    except SpecError:
+        if name not in PROVIDERS:
+            raise
+        workflows = None
+    if workflows is not None and name in workflows:
+        _print_workflow(name, workflows[name], workflows.location(name))
+    elif name in PROVIDERS:
+        _print_provider(name)
+    else:
+        names = [*(workflows or []), *PROVIDERS]
+        raise UsageError(f"{name!r} is neither a workflow of {project / '.dstack'} nor a "
+                         "provider", did_you_mean(name, names) or _providers_line())
+    _print_options(command)
+    return 0
+
+
+def _target(command: Any, words: list[str]) -> tuple[str | None, Path]:
+    """The NAME after `run` (skipping option values) and the `--project` folder."""
+    takes_value = {opt for p in _options(command) if not p.is_flag for opt in p.opts}
+    name, project, i = None, Path("."), 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("-"):
+            flag, eq, value = word.partition("=")
+            if flag in takes_value and not eq and i + 1 < len(words):
+                value, i = words[i + 1], i + 1
+            if flag in ("-C", "--project") and value:
+                project = Path(value)
+        elif name is None:
+            name = word
+        i += 1
+    return name, project
+
+
+def cli_form(name: str, model: type[BaseModel]) -> str:
+    """`dstack run NAME ...` as the provider's `from_cli` documents or explains it."""
+    parse = getattr(model, "from_cli", None)
+    if parse is None:
+        return f"dstack run {name} [ARGS]..."
+    found = _FORM.match(inspect.getdoc(parse) or "")
+    if found:
+        return found.group(1)
+    try:
+        parse([])  # a form that needs an argument says how to write it
+    except UsageError as exc:
+        found = _FORM.search(exc.hint or "")
+        if found:
+            return found.group(1)
+    return f"dstack run {name} [ARGS]..."
+
+
+def type_text(schema: dict[str, Any], defs: dict[str, Any]) -> str:
+    """A field's JSON Schema as words: `text`, `list of text`, `mapping: a, b`."""
+    if "$ref" in schema:
+        target = defs.get(schema["$ref"].rsplit("/", 1)[-1], {})
+        return "mapping: " + ", ".join(target.get("properties", {}))
+    if "anyOf" in schema:
+        kinds = [type_text(s, defs) for s in schema["anyOf"] if s.get("type") != "null"]
+        return " or ".join(dict.fromkeys(kinds))
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return " or ".join(_TYPES.get(k, k) for k in kind if k != "null")
+    if kind == "array":
+        return "list of " + type_text(schema.get("items", {}), defs)
+    if kind == "object":
+        extra = schema.get("additionalProperties")
+        return "mapping of " + type_text(extra, defs) if isinstance(extra, dict) else "mapping"
+    return _TYPES.get(str(kind), "any")
+
+
+def field_rows(model: type[BaseModel]) -> list[list[str]]:
+    """One row a field: name, type, required or default, description."""
+    schema = model.model_json_schema(by_alias=True)
+    defs, props = schema.get("$defs", {}), schema.get("properties", {})
+    rows = []
+    for field_name, info in model.model_fields.items():
+        key = info.alias or field_name
+        if info.is_required():
+            default = "required"
+        else:
+            value = info.get_default(call_default_factory=True)
+            default = "default: " + json.dumps(value)
+        rows.append([key, type_text(props.get(key, {}), defs), default, info.description or ""])
+    return rows
+
+
+def _print_provider(name: str) -> None:
+    model = provider_params(name)
+    print(f"Usage: {cli_form(name, model)}  [dstack run OPTIONS]\n")
+    print(f"The {name} provider. Its fields (in .dstack/workflows.yaml, with `provider: {name}`):")
+    output.table(["FIELD", "TYPE", "REQUIRED/DEFAULT", "DESCRIPTION"], field_rows(model))
+    print("\nEvery workflow also has: " + ", ".join(
+        info.alias or key for key, info in Workflow.model_fields.items()) + ".")
+
+
+def _print_workflow(name: str, wf: Workflow, location: object) -> None:
+    print(f"Usage: dstack run {name} [dstack run OPTIONS] [ARGS]...\n")
+    print(f"Workflow {name} ({location}), run by the {wf.provider} provider."
+          + (f" {wf.help}" if wf.help else ""))
+    print("ARGS and options dstack does not know go to the job.\n")
+    model = provider_params(wf.provider)
+    values = wf.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    rows = [[*row, json.dumps(values[row[0]]) if row[0] in values else ""]
+            for row in field_rows(model)]
+    print(f"Fields of the {wf.provider} provider:")
+    output.table(["FIELD", "TYPE", "REQUIRED/DEFAULT", "DESCRIPTION", "THIS WORKFLOW"], rows)
+
+
+def _print_options(command: Any) -> None:
+    ctx = command.context_class(command, info_name="run")
+    records = [p.get_help_record(ctx) for p in _options(command)]
+    print("\nOptions of `dstack run` (before `--`; anything after `--` goes to the job):")
+    output.table(["OPTION", "DESCRIPTION"], [list(r) for r in records if r])
+
+
+def _print_catalogue(project: Path) -> None:
+    print("\nProviders (`dstack run PROVIDER --help` shows one):")
+    output.table(["PROVIDER", "COMMAND LINE"],
+                 [[name, cli_form(name, provider_params(name))] for name in PROVIDERS])
+    try:
+        workflows = load_workflows(project)
+    except SpecError as exc:
+        print(f"\nWorkflows: {exc.message}")
+        return
+    if list(workflows):
+        print(f"\nWorkflows of {project.resolve() / '.dstack'}:")
+        output.table(["WORKFLOW", "PROVIDER", "HELP"],
+                     [[n, workflows[n].provider, workflows[n].help or ""] for n in workflows])
+
+
+def _options(command: Any) -> list[Any]:
+    """The options of a click command (typer ships its own click, so no isinstance)."""
+    return [p for p in command.params if getattr(p, "param_type_name", "") == "option"]
+
+
+def _providers_line() -> str:
+    return "Providers: " + ", ".join(PROVIDERS) + "."
