@@ -246,6 +246,8 @@ def _store_error(exc: OSError, key: str) -> StoreError:
 
 STORES: dict[str, str] = {
     "file": "dstack.store:LocalStore",
+    "s3": "dstack.store_s3:S3Store",
+    "gs": "dstack.store_gcs:GCSStore",
 }
 """URL scheme → store class (`module:Class`), imported lazily."""
 

@@ -111,7 +111,8 @@ def test_no_user_word_is_executed(tmp_path: Path) -> None:
 
 # -- running job.sh ------------------------------------------------------------------------
 
-SHOW = "import json, sys\nsys.stdout.write(json.dumps(sys.argv[1:]))\n"
+SHOW = ("import json, os, sys\n"
+        "sys.stdout.write(json.dumps([os.fsencode(a).hex() for a in sys.argv[1:]]))\n")
 
 
 def run_job(provider: str, fields: dict[str, Any], args: list[str], tmp_path: Path) -> Any:
@@ -121,13 +122,13 @@ def run_job(provider: str, fields: dict[str, Any], args: list[str], tmp_path: Pa
     (work / "show.py").write_text(SHOW)
     script = tmp_path / "job.sh"
     script.write_text(job_script(provider, {**fields, "setup": []}, args, str(work)),
-                      encoding="utf-8")
+                      encoding="utf-8", errors="surrogateescape")  # as the runner writes it
     python_dir = str(Path(sys.executable).parent)
     env = {"PATH": python_dir + os.pathsep + os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8"}
     proc = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    return json.loads(proc.stdout)
+    return [os.fsdecode(bytes.fromhex(a)) for a in json.loads(proc.stdout)]
 
 
 BASH_SHOW = {"commands": ['python show.py "$@"']}
@@ -147,7 +148,14 @@ def test_python_args_field_comes_before_the_passed_args(tmp_path: Path) -> None:
     assert out == ["--lr", "0.1", "two words", "x y"]
 
 
-ARGS = st.lists(st.text(st.characters(exclude_characters="\0"), max_size=20), max_size=6)
+# What a command line can hold: any bytes but NUL, as Python decodes them (os.fsdecode).
+ARGS = st.lists(
+    st.one_of(
+        st.text(st.characters(exclude_characters="\0", exclude_categories=["Cs"]), max_size=20),
+        st.binary(max_size=20).filter(lambda b: b"\0" not in b).map(os.fsdecode),
+    ),
+    max_size=6,
+)
 
 
 @settings(max_examples=50, deadline=None,
