@@ -64,6 +64,7 @@ class Runner:
         self.log = LogShipper(store, run.name, workdir / "job.log")
         self.proc: subprocess.Popen[bytes] | None = None
         self._term = threading.Event()
+        self.aborted_during_stop = False
 
     # -- preparation ---------------------------------------------------------------------
 
@@ -140,7 +141,13 @@ class Runner:
             self.kill_job(signal.SIGTERM)
             deadline = time.monotonic() + STOP_GRACE_S
             while self.proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
+                time.sleep(TICK_S)
+                with contextlib.suppress(StoreError):
+                    self.log.flush()  # the job's shutdown output, as it comes
+                if self._stop_requested() == "abort":
+                    self.log.say("abort requested: killing the job now")
+                    self.aborted_during_stop = True
+                    break
         self.kill_job(signal.SIGKILL)
         self.proc.wait()
         if self.run.job.needs_docker:  # the container outlives its killed client otherwise
@@ -189,7 +196,7 @@ class Runner:
             if stop is not None:
                 self.log.say("stop requested: " + ("aborting" if stop == "abort" else "stopping"))
                 self.stop_job(abort=stop == "abort")
-                return self.proc.returncode, stop
+                return self.proc.returncode, "abort" if self.aborted_during_stop else stop
             if pending:
                 pending = self._check_apps(pending)
             if time.monotonic() - last_sync >= SYNC_EVERY_S:

@@ -27,7 +27,7 @@ from dstack.runs import RunRecord, create_run, run_stack_name
 from dstack.spec import DepRef, Workflow
 from dstack.spec_loader import load_workflows, validate_workflow
 from dstack.sync import read_log_chunks
-from dstack.tags import check_tag_name, resolve_ref
+from dstack.tags import check_tag_name, resolve_ref, tag_key
 
 
 @dataclass
@@ -148,6 +148,10 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
     wf = validate_workflow(_apply(data, opts), origin=origin)
     if opts.tag:
         check_tag_name(opts.tag)
+        if ctx.store.exists(tag_key(opts.tag)):
+            raise UsageError(f"tag {opts.tag!r} already exists",
+                             f"Choose another tag, or delete it first: "
+                             f"`dstack tags delete {opts.tag}`.")
     job = make_job(wf, args, os.environ)
     ctx.backend.check_resources(job)
     deps = []
