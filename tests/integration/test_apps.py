@@ -279,17 +279,24 @@ def assert_stops_cleanly(dstack: Dstack, served: Served) -> None:
 # -- the apps --------------------------------------------------------------------------------
 
 
-def chromium_dom(url: str) -> str:
-    """The DOM of `url` after headless Chromium ran its JavaScript (a fresh profile)."""
-    with tempfile.TemporaryDirectory(prefix="dstack-test-chromium-") as profile:
-        proc = subprocess.run(
-            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=15000",
-             "--dump-dom", url],
-            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+def chromium_dom(url: str, until: str = "", tries: int = 4) -> str:
+    """The DOM of `url` after headless Chromium ran its JavaScript (a fresh profile each
+    time), loaded again with more time while `until` is not in it yet: on a busy machine
+    the page's requests may not all be answered within one virtual-time budget."""
+    dom = ""
+    for attempt in range(tries):
+        with tempfile.TemporaryDirectory(prefix="dstack-test-chromium-") as profile:
+            proc = subprocess.run(
+                [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+                 f"--virtual-time-budget={15000 * (attempt + 1)}", "--dump-dom", url],
+                capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        dom = proc.stdout
+        if not until or until in dom:
+            break
+    return dom
 
 
 def _post_json(url: str, doc: Any) -> Any:
@@ -352,7 +359,7 @@ def test_gradio(dstack: Dstack, form: list[str]) -> None:
             assert "loaded by the server" not in page.body
             assert "<title>dstack gradio probe</title>" not in page.body
             assert 'data-testid="block-info"' not in page.body
-            dom = chromium_dom(app.url)
+            dom = chromium_dom(app.url, until="loaded by the server")
             assert "<p>loaded by the server: 42</p>" in dom, dom[-3000:]
             assert "<title>dstack gradio probe</title>" in dom, dom[:3000]
             assert re.search(r'data-testid="block-info"[^>]*>dstack probe greeting', dom), \
