@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: setup engine test demo lint bench clean
 
 setup: $(STAMP) engine
+	bash scripts/gcs-emulator.sh install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -155,6 +155,8 @@ class LocalStore(Store):
             raise _store_error(exc, key) from exc
 
     def put_file(self, key: str, path: Path) -> None:
+        if not path.is_file():  # a missing source is the caller's business, not the store's
+            raise FileNotFoundError(path)
         with self._writing(key) as tmp:
             shutil.copyfile(path, tmp)
 

@@ -39,8 +39,10 @@ from dstack.store import JsonDoc, Store, _dump, check_key
 
 CHUNK_SIZE = 16 * 1024 * 1024  # resumable upload chunk (a multiple of 256 KiB)
 DELETE_THREADS = 16
+POOL_SIZE = 32
 UPDATE_ATTEMPTS = 100
 CHECKSUM = "crc32c"
+_BUCKET_404 = {"upload", "create", "update", "listing"}
 _CREDENTIALS_HINT = ("Log in with `gcloud auth application-default login`, or point "
                      "GOOGLE_APPLICATION_CREDENTIALS at a service-account key file; the identity "
                      "needs roles/storage.objectAdmin on the bucket.")
@@ -67,6 +69,9 @@ class GCSStore(Store):
             raise StoreError(f"no Google Cloud credentials for the store {self.base}",
                              _CREDENTIALS_HINT) from exc
         self.bucket = self.client.bucket(bucket)
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE)
+        for scheme in ("http://", "https://"):  # room for the threads of sync and deletes
+            self.client._http.mount(scheme, adapter)
 
     @classmethod
     def from_url(cls, url: str) -> GCSStore:
@@ -93,7 +98,8 @@ class GCSStore(Store):
         try:
             yield
         except gex.NotFound as exc:
-            if "bucket does not exist" in str(exc).lower():
+            # Writes and listings only 404 when the bucket is missing; reads say so in words.
+            if action in _BUCKET_404 or "bucket does not exist" in str(exc).lower():
                 raise StoreError(f"the bucket {self.bucket.name} of the store {self.base} does "
                                  "not exist", "Check the store URL of the profile (`dstack "
                                  "config`) or create the bucket.") from exc
@@ -103,9 +109,10 @@ class GCSStore(Store):
             raise StoreError(f"GCS denied the {action} of {where}: {exc}",
                              _CREDENTIALS_HINT) from exc
         except DataCorruption as exc:
+            saved = "nothing was saved" if action == "download" else "it may be stored damaged"
             raise StoreError(f"checksum mismatch in the {action} of {where}: the data does not "
                              "match the CRC32C that GCS holds for it", "Write it again (e.g. "
-                             "re-run the job that produced it); nothing was saved.") from exc
+                             f"re-run the job that produced it); {saved}.") from exc
         except (gex.GoogleAPIError, InvalidResponse) as exc:
             raise StoreError(f"GCS {action} of {where} failed: {exc}") from exc
         except requests.exceptions.RequestException as exc:
@@ -201,7 +208,7 @@ class GCSStore(Store):
         where = self._where(key)
         for attempt in range(UPDATE_ATTEMPTS):
             try:
-                with self._errors(key, "update"):
+                with self._errors(key, "download"):
                     data, generation = self._read(key)
                 current = _load(data, where)
             except NotFoundError:

@@ -233,12 +233,12 @@ class S3Store(Store):
 
     def get_file(self, key: str, path: Path) -> None:
         full = self._key(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
         try:
             with self._errors(key, "download"):
                 for _attempt in range(3):
                     head = self.client.head_object(Bucket=self.bucket, Key=full)
+                    path.parent.mkdir(parents=True, exist_ok=True)
                     self.client.download_file(self.bucket, full, str(tmp), Config=self.transfer)
                     expected = head.get("Metadata", {}).get(SHA_FIELD)
                     if not expected or _sha256_file(tmp) == expected:

@@ -94,6 +94,7 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory,
         env_patch.delenv(name, raising=False)
     for name, value in isolated_aws_env(tmp).items():
         env_patch.setenv(name, value)
+    env_patch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never probe a cloud's metadata
     log = tmp / "moto.log"
     exe = Path(sys.executable).with_name("moto_server")
     with open(log, "wb") as out:
@@ -149,6 +150,7 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory,
         _fail("fake-gcs-server did not start", log)
     try:
         env_patch.setenv("STORAGE_EMULATOR_HOST", url)
+        env_patch.setenv("NO_GCE_CHECK", "True")  # never probe a cloud's metadata server
         storage.Client(project="dstack-test").create_bucket(BUCKET)
         yield Server(url=url, proc=proc, bucket=BUCKET, log=log, data_root=data_root)
     finally:

@@ -91,6 +91,13 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
 
 
 @pytest.fixture
+def s3_server(request: pytest.FixtureRequest) -> Server:
+    """The session's moto server."""
+    server: Server = request.getfixturevalue("moto_server")
+    return server
+
+
+@pytest.fixture
 def store(case: Case) -> Store:
     return case.store
 
@@ -362,22 +369,22 @@ def test_missing_bucket_is_a_store_error(case: Case) -> None:
     assert not isinstance(err.value, NotFoundError)
 
 
-def test_unknown_aws_profile_says_how_to_fix(moto_server: Server, tmp_path: Path,
+def test_unknown_aws_profile_says_how_to_fix(s3_server: Server, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in isolated_aws_env(tmp_path).items():
         monkeypatch.setenv(name, value)
     with pytest.raises(StoreError) as err:
-        open_store(f"s3://{moto_server.bucket}/p?profile=nosuchprofile")
+        open_store(f"s3://{s3_server.bucket}/p?profile=nosuchprofile")
     assert "nosuchprofile" in err.value.message
     assert err.value.hint and "aws configure --profile nosuchprofile" in err.value.hint
 
 
-def test_no_aws_credentials_says_which_profile(moto_server: Server, tmp_path: Path,
+def test_no_aws_credentials_says_which_profile(s3_server: Server, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    store = open_store(f"s3://{moto_server.bucket}/p?endpoint_url={moto_server.url}")
+    store = open_store(f"s3://{s3_server.bucket}/p?endpoint_url={s3_server.url}")
     with pytest.raises(StoreError, match="no AWS credentials") as err:
         store.get_bytes("runs/r/run.json")
     assert err.value.hint and "'default'" in err.value.hint
@@ -393,3 +400,78 @@ def test_bad_store_urls() -> None:
     with pytest.raises(UsageError, match="unsupported"):
         open_store("azure://b/p")
     assert isinstance(open_store("file:///tmp/x"), LocalStore)
+
+
+# -- S3 specifics ----------------------------------------------------------------------------
+
+
+class _Raw:
+    """The raw body of a canned botocore response."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_: Any) -> Any:
+        yield self.body
+
+
+def test_s3_without_conditional_writes_falls_back(s3_server: Server,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A server that answers 501 to If-None-Match/If-Match gets check-then-put (documented as
+    not atomic), with a warning, instead of failing every run."""
+    from botocore.awsrequest import AWSResponse
+
+    from dstack.store_s3 import S3Store
+
+    store = open_store(f"s3://{s3_server.bucket}/t-{secrets.token_hex(4)}"
+                       f"?endpoint_url={s3_server.url}")
+    assert isinstance(store, S3Store)
+    refused: list[str] = []
+
+    def no_conditions(request: Any, **_: Any) -> AWSResponse | None:
+        if "If-None-Match" in request.headers or "If-Match" in request.headers:
+            refused.append(request.method)
+            body = (b"<Error><Code>NotImplemented</Code><Message>A header you provided "
+                    b"implies functionality that is not implemented</Message></Error>")
+            return AWSResponse(request.url, 501, {}, _Raw(body))
+        return None
+
+    store.client.meta.events.register("before-send.s3.PutObject", no_conditions)
+    assert store.create_bytes("tags/t.json", b"1") is True
+    assert store.create_bytes("tags/t.json", b"2") is False
+    assert store.get_bytes("tags/t.json") == b"1"
+    assert store.update_json("runs/r/run.json", lambda d: {"n": d.get("n", 0) + 1}) == {"n": 1}
+    assert store.update_json("runs/r/run.json", lambda d: {"n": d["n"] + 1}) == {"n": 2}
+    assert refused == ["PUT"]  # asked once, then remembered
+    assert "not atomic" in caplog.text
+
+
+def test_s3_url_options(s3_server: Server, tmp_path: Path,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """endpoint_url from the environment, region from the URL, credentials from a profile."""
+    from dstack.store_s3 import ENDPOINT_ENV, S3Store
+
+    env = isolated_aws_env(tmp_path)
+    Path(env["AWS_CONFIG_FILE"]).write_text("[profile dev]\nregion = eu-west-1\n")
+    Path(env["AWS_SHARED_CREDENTIALS_FILE"]).write_text(
+        "[dev]\naws_access_key_id = devkey\naws_secret_access_key = devsecret\n")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(ENDPOINT_ENV, s3_server.url)
+
+    store = open_store(f"s3://{s3_server.bucket}/p-{secrets.token_hex(4)}?profile=dev")
+    assert isinstance(store, S3Store)
+    assert store.client.meta.region_name == "eu-west-1"  # from the profile's config
+    assert store.client._request_signer._credentials.access_key == "devkey"
+    assert f"endpoint_url={s3_server.url}".replace(":", "%3A").replace("/", "%2F") in store.url
+    store.put_bytes("a/b", b"via profile")
+    monkeypatch.delenv(ENDPOINT_ENV)
+    again = open_store(store.url)  # what the runner does: the URL carries everything
+    assert again.get_bytes("a/b") == b"via profile"
+    other = open_store(f"s3://{s3_server.bucket}/p?region=us-west-2&profile=dev"
+                       f"&endpoint_url={s3_server.url}")
+    assert isinstance(other, S3Store)
+    assert other.client.meta.region_name == "us-west-2"
