@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -11,7 +12,9 @@ import typer
 
 from dstack.cli import output
 from dstack.cli.artifacts_cmds import artifacts_app
+from dstack.cli.config_cmds import config_app
 from dstack.cli.runs_cmds import register_run_commands
+from dstack.cli.secrets_cmds import secrets_app
 from dstack.cli.tags_cmds import tags_app
 from dstack.errors import DstackError
 
@@ -26,6 +29,8 @@ app = typer.Typer(
 )
 app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(tags_app, name="tags")
+app.add_typer(config_app, name="config")
+app.add_typer(secrets_app, name="secrets")
 register_run_commands(app)
 
 
@@ -59,6 +64,7 @@ def validate(
 
 def main() -> None:
     """Console entry point: run the app, turning dstack errors into messages and exit codes."""
+    os.umask(0o077)  # what dstack writes (store, state, config) is the user's alone
     argv = sys.argv[1:]
     debug = "--debug" in argv
     if "run" in argv and "--" in argv[argv.index("run"):]:

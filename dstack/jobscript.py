@@ -17,6 +17,7 @@ def render_job_script(job: Job, workdir: str) -> str:
         "#!/usr/bin/env bash",
         "# Rendered by dstack from the run's job; the runner executes it.",
         "set -eo pipefail",
+        "umask 022",
         f"cd {shlex.quote(workdir)}",
     ]
     for line in job.setup:

@@ -6,14 +6,18 @@ user's credentials, never the credentials themselves) and the default profile's 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dstack.errors import UsageError
+from dstack.errors import NotFoundError, UsageError
+from dstack.home import write_private
 from dstack.names import did_you_mean
+
+PROFILE_NAME = r"^[a-z][a-z0-9-]{0,39}$"
 
 
 class Profile(BaseModel):
@@ -73,3 +77,47 @@ def store_url(profile: Profile, home: Path) -> str:
         raise UsageError(f"profile {profile.name!r} names no store",
                          f"Add it again: `dstack config add {profile.backend} {profile.name} ...`.")
     return str(url)
+
+
+def save_profiles(home: Path, profiles: dict[str, Profile], default: str) -> None:
+    """Write the profiles (all but the built-in `local`) to config.yaml, 0600."""
+    doc = {
+        "default": default,
+        "profiles": {
+            name: p.model_dump(exclude={"name"}, exclude_none=True)
+            for name, p in profiles.items() if p != LOCAL
+        },
+    }
+    write_private(config_path(home), yaml.safe_dump(doc, sort_keys=True).encode())
+
+
+def add_profile(home: Path, profile: Profile, make_default: bool = False) -> None:
+    """Add (or replace) a profile."""
+    if not re.match(PROFILE_NAME, profile.name):
+        raise UsageError(f"invalid profile name {profile.name!r}",
+                         "Use lowercase letters, digits and '-', starting with a letter.")
+    profiles, default = load_profiles(home)
+    if profile.name == "local" and profile.backend != "local":
+        raise UsageError("the profile name 'local' is the built-in local backend",
+                         "Choose another name.")
+    profiles[profile.name] = profile
+    save_profiles(home, profiles, profile.name if make_default else default)
+
+
+def remove_profile(home: Path, name: str) -> None:
+    """Remove a profile; the default falls back to `local`."""
+    profiles, default = load_profiles(home)
+    if name == "local":
+        raise UsageError("the built-in local profile cannot be removed")
+    if name not in profiles:
+        raise NotFoundError(f"no profile named {name!r}",
+                            did_you_mean(name, profiles) or "`dstack config list` shows them.")
+    del profiles[name]
+    save_profiles(home, profiles, "local" if default == name else default)
+
+
+def set_default(home: Path, name: str) -> None:
+    """Make `name` the default profile."""
+    profiles, _ = load_profiles(home)
+    get_profile(home, name)
+    save_profiles(home, profiles, name)

@@ -29,6 +29,7 @@ from dstack.errors import DstackError, StoreError
 from dstack.jobscript import render_job_script
 from dstack.pyenv import python_env
 from dstack.runs import App, RunRecord, Status, load_run, now, update_run
+from dstack.secrets import load_secrets
 from dstack.store import Store, open_store
 from dstack.sync import ArtifactSync, LogShipper, artifact_prefix
 from dstack.tags import add_tag
@@ -89,6 +90,11 @@ class Runner:
         for k in ("PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_BACKEND_URL", "PULUMI_HOME"):
             env.pop(k, None)
         env.update(self.run.job.env)
+        secrets = load_secrets(self.store)  # from the store: never in scripts or state
+        env.update(secrets)
+        self.log.hide([*secrets.values(),
+                       *(self.run.job.env[k] for k in self.run.job.secret_env
+                         if k in self.run.job.env)])
         env["DSTACK_RUN"] = self.run.name
         env["DSTACK_WORKFLOW"] = self.run.workflow or ""
         env["PATH"] = f"{python_bin}{os.pathsep}{env.get('PATH', '')}"
@@ -326,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".dstack" / "cache")
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
+    os.umask(0o077)  # the runner's files are private; job.sh restores the usual 022
     store = open_store(args.store)
     run = load_run(store, args.run)
     args.workdir.mkdir(parents=True, exist_ok=True)

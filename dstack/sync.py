@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dstack.errors import NotFoundError, StoreError
+from dstack.secrets import mask
 from dstack.store import Store
 
 UPLOAD_THREADS = 8
@@ -112,8 +113,14 @@ class LogShipper:
         self._flush_lock = threading.Lock()
         self._seq = len(store.list(self.prefix))
 
+    def hide(self, values: list[str]) -> None:
+        """Mask these (secret) values wherever they appear in the output from now on."""
+        self._hidden = [v.encode() for v in values if v]
+
     def write(self, data: bytes) -> None:
         """Add output (thread-safe); it reaches the store on the next `flush`."""
+        if getattr(self, "_hidden", None):
+            data = mask(data, self._hidden)
         with self._lock:
             self._buf += data
         if self.local_copy is not None:

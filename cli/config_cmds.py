@@ -1,0 +1,124 @@
+"""`dstack config add|list|show|remove|default`: profiles (local, aws, gcp)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dstack.cli import output
+from dstack.home import dstack_home, private_dir
+
+config_app = typer.Typer(help="Profiles: where runs go (local, aws, gcp).", no_args_is_help=True)
+add_app = typer.Typer(help="Add a profile.", no_args_is_help=True)
+config_app.add_typer(add_app, name="add")
+
+Name = Annotated[str, typer.Argument(help="The profile's name.")]
+Bucket = Annotated[str | None, typer.Option("--bucket", help="Bucket for artifacts and "
+                                                              "metadata (created on first use).")]
+StateUrl = Annotated[str | None, typer.Option("--state-url", help="Pulumi state backend "
+                                                                  "(s3://..., gs://...).")]
+Default = Annotated[bool, typer.Option("--default", help="Make it the default profile.")]
+SkipCheck = Annotated[bool, typer.Option("--skip-check", help="Do not check the credentials.")]
+
+
+def _saved(profile: object, identity: dict[str, str], default: bool) -> None:
+    from dstack.profiles import Profile, add_profile
+
+    assert isinstance(profile, Profile)
+    add_profile(private_dir(dstack_home()), profile, make_default=default)
+    who = ", ".join(f"{k} {v}" for k, v in identity.items())
+    output.say(f"added profile {profile.name} ({profile.backend})" + (f": {who}" if who else ""))
+
+
+@add_app.command("aws")
+def add_aws(
+    name: Name,
+    region: Annotated[str, typer.Option("--region", help="AWS region, e.g. us-east-1.")],
+    aws_profile: Annotated[str | None, typer.Option("--aws-profile",
+                                                    help="Profile in your AWS config.")] = None,
+    bucket: Bucket = None, state_url: StateUrl = None, default: Default = False,
+    skip_check: SkipCheck = False,
+) -> None:
+    """An AWS profile; its credentials are checked with STS now."""
+    from dstack.cloud_profiles import aws_profile as build
+
+    profile, identity = build(name, aws_profile=aws_profile, region=region, bucket=bucket,
+                              state_url=state_url, check=not skip_check)
+    _saved(profile, identity, default)
+
+
+@add_app.command("gcp")
+def add_gcp(
+    name: Name,
+    project: Annotated[str, typer.Option("--project", help="GCP project id.")],
+    zone: Annotated[str, typer.Option("--zone", help="GCP zone, e.g. us-central1-a.")],
+    credentials: Annotated[str | None, typer.Option(
+        "--credentials", help="Service account key file (default: application credentials)."
+    )] = None,
+    bucket: Bucket = None, state_url: StateUrl = None, default: Default = False,
+    skip_check: SkipCheck = False,
+) -> None:
+    """A GCP profile; the project is checked to be reachable now."""
+    from dstack.cloud_profiles import gcp_profile as build
+
+    profile, identity = build(name, project=project, zone=zone, credentials=credentials,
+                              bucket=bucket, state_url=state_url, check=not skip_check)
+    _saved(profile, identity, default)
+
+
+@add_app.command("local")
+def add_local(name: Name, default: Default = False) -> None:
+    """Another local profile (its own store folder under the dstack home)."""
+    from dstack.profiles import Profile
+
+    home = dstack_home()
+    _saved(Profile(name=name, backend="local",
+                   settings={"store": str(home / "stores" / name)}), {}, default)
+
+
+@config_app.command("list")
+def list_cmd(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List profiles."""
+    from dstack.profiles import load_profiles
+
+    profiles, default = load_profiles(dstack_home())
+    rows = [{"name": p.name, "backend": p.backend, "default": p.name == default,
+             "region": p.settings.get("region") or p.settings.get("zone") or "",
+             "store": p.settings.get("store_url") or p.settings.get("store") or "",
+             "state": p.state_url or "local file backend"} for p in profiles.values()]
+    if json_out:
+        output.print_json(rows)
+        return
+    output.table(["PROFILE", "BACKEND", "DEFAULT", "REGION", "STORE", "STATE"],
+                 [[r["name"], r["backend"], "*" if r["default"] else "", r["region"],
+                   r["store"], r["state"]] for r in rows])  # type: ignore[misc]
+
+
+@config_app.command("show")
+def show(name: Name) -> None:
+    """Show one profile."""
+    from dstack.profiles import get_profile
+
+    output.print_json(get_profile(dstack_home(), name).model_dump())
+
+
+@config_app.command("remove")
+def remove(name: Name,
+           yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask.")] = False) -> None:
+    """Remove a profile (its bucket and runs stay)."""
+    from dstack.profiles import remove_profile
+
+    if not yes and not typer.confirm(f"Remove profile {name}?", default=False):
+        raise typer.Exit(1)
+    remove_profile(dstack_home(), name)
+    output.say(f"removed profile {name}")
+
+
+@config_app.command("default")
+def default_cmd(name: Name) -> None:
+    """Make a profile the default."""
+    from dstack.profiles import set_default
+
+    set_default(dstack_home(), name)
+    output.say(f"default profile: {name}")

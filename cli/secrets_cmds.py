@@ -1,0 +1,53 @@
+"""`dstack secrets add|list|delete`: values jobs get as environment variables."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from dstack.cli import output
+from dstack.cli.runs_cmds import Profile, Yes, open_context
+
+secrets_app = typer.Typer(help="Secrets: environment variables for jobs, kept out of logs, "
+                               "scripts and state.", no_args_is_help=True)
+
+
+@secrets_app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="Variable name, e.g. WANDB_API_KEY.")],
+    from_stdin: Annotated[bool, typer.Option("--from-stdin", help="Read the value from "
+                                                                  "standard input.")] = False,
+    profile: Profile = None,
+) -> None:
+    """Add or replace a secret (asked for without echo, or read from stdin)."""
+    from dstack.secrets import add_secret
+
+    value = sys.stdin.read().rstrip("\n") if from_stdin else \
+        typer.prompt(f"Value of {name}", hide_input=True)
+    ctx = open_context(profile)
+    add_secret(ctx.store, name, value)
+    output.say(f"secret {name} saved in profile {ctx.profile.name}")
+
+
+@secrets_app.command("list")
+def list_cmd(profile: Profile = None) -> None:
+    """List secret names (never values)."""
+    from dstack.secrets import list_secrets
+
+    for name in list_secrets(open_context(profile).store):
+        print(name)
+
+
+@secrets_app.command("delete")
+def delete(name: Annotated[str, typer.Argument(help="Variable name.")], yes: Yes = False,
+           profile: Profile = None) -> None:
+    """Delete a secret."""
+    from dstack.secrets import delete_secret
+
+    ctx = open_context(profile)
+    if not yes and not typer.confirm(f"Delete secret {name}?", default=False):
+        raise typer.Exit(1)
+    delete_secret(ctx.store, name)
+    output.say(f"deleted secret {name}")
