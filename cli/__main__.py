@@ -1,0 +1,5 @@
+"""`python -m dstack.cli`."""
+
+from dstack.cli.app import main
+
+main()
