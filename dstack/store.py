@@ -94,25 +94,30 @@ class Store(ABC):
 
     def get_json(self, key: str) -> JsonDoc:
         """The JSON document at `key`."""
-        data = self.get_bytes(key)
-        try:
-            doc = json.loads(data)
-        except ValueError as exc:
-            raise StoreError(f"{self.url}/{key} is not valid JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise StoreError(f"{self.url}/{key} is not a JSON object")
-        return doc
+        return load_json_doc(self.get_bytes(key), f"{self.url}/{key}")
 
     def put_json(self, key: str, doc: JsonDoc) -> None:
         """Write a JSON document at `key`."""
-        self.put_bytes(key, _dump(doc))
+        self.put_bytes(key, dump_json_doc(doc))
 
     def create_json(self, key: str, doc: JsonDoc) -> bool:
         """Write a JSON document at `key` only if nothing is there."""
-        return self.create_bytes(key, _dump(doc))
+        return self.create_bytes(key, dump_json_doc(doc))
 
 
-def _dump(doc: JsonDoc) -> bytes:
+def load_json_doc(data: bytes, where: str) -> JsonDoc:
+    """`data` parsed as a JSON object; StoreError naming `where` otherwise."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise StoreError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise StoreError(f"{where} is not a JSON object")
+    return doc
+
+
+def dump_json_doc(doc: JsonDoc) -> bytes:
+    """A JSON document as the stores write it."""
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 

@@ -15,7 +15,6 @@ retrying when another writer got there first.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import secrets
@@ -35,7 +34,7 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from dstack.errors import NotFoundError, StoreError, UsageError
-from dstack.store import JsonDoc, Store, _dump, check_key
+from dstack.store import JsonDoc, Store, check_key, dump_json_doc, load_json_doc
 
 CHUNK_SIZE = 16 * 1024 * 1024  # resumable upload chunk (a multiple of 256 KiB)
 DELETE_THREADS = 16
@@ -210,7 +209,7 @@ class GCSStore(Store):
             try:
                 with self._errors(key, "download"):
                     data, generation = self._read(key)
-                current = _load(data, where)
+                current = load_json_doc(data, where)
             except NotFoundError:
                 current, generation = {}, 0
             new = mutate(dict(current))
@@ -219,7 +218,7 @@ class GCSStore(Store):
             with self._errors(key, "update"):
                 try:
                     self._blob(key).upload_from_string(
-                        _dump(new), content_type="application/json", checksum=CHECKSUM,
+                        dump_json_doc(new), content_type="application/json", checksum=CHECKSUM,
                         if_generation_match=generation)
                     return new
                 except gex.PreconditionFailed:
@@ -229,11 +228,3 @@ class GCSStore(Store):
                          "writers kept changing it", "Try again.")
 
 
-def _load(data: bytes, where: str) -> JsonDoc:
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise StoreError(f"{where} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise StoreError(f"{where} is not a JSON object")
-    return doc

@@ -17,7 +17,6 @@ NOT atomic (two racing writers can both win); a warning is logged once per store
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
@@ -36,7 +35,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from dstack.errors import NotFoundError, StoreError, UsageError
-from dstack.store import JsonDoc, Store, _dump, check_key
+from dstack.store import JsonDoc, Store, check_key, dump_json_doc, load_json_doc
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +311,7 @@ class S3Store(Store):
             for attempt in range(UPDATE_ATTEMPTS):
                 try:
                     data, etag = self._get(key)
-                    current = _load(data, self._where(key))
+                    current = load_json_doc(data, self._where(key))
                 except bex.ClientError as exc:
                     if _code(exc) not in _MISSING:
                         raise
@@ -320,7 +319,7 @@ class S3Store(Store):
                 new = mutate(dict(current))
                 if new is None:
                     return current
-                if self._conditional_put(key, _dump(new), etag):
+                if self._conditional_put(key, dump_json_doc(new), etag):
                     return new
                 time.sleep(random.uniform(0, min(0.5, 0.005 * 2 ** min(attempt, 7))))
         raise StoreError(f"gave up updating {self._where(key)} after {UPDATE_ATTEMPTS} "
@@ -333,11 +332,3 @@ def _code(exc: bex.ClientError) -> str:
     return str(err.get("Code") or status or "")
 
 
-def _load(data: bytes, where: str) -> JsonDoc:
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise StoreError(f"{where} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise StoreError(f"{where} is not a JSON object")
-    return doc
