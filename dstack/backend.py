@@ -94,6 +94,8 @@ class Backend(Protocol):
 
 BACKENDS: dict[str, str] = {
     "local": "dstack.stacks.local:LocalBackend",
+    "aws": "dstack.stacks.aws:AwsBackend",
+    "gcp": "dstack.stacks.gcp:GcpBackend",
 }
 """Backend name → `module:class`, imported only when a profile of that backend is used."""
 
