@@ -58,7 +58,7 @@ def run_row(run: RunRecord, tags: list[str]) -> dict[str, object]:
         "status": run.status.value, "submitted": run.submitted_at,
         "duration": round(run.duration or 0, 1), "backend": run.backend, "tags": tags,
         "artifacts": [a.path for a in run.job.artifacts],
-        "apps": [a.url for a in run.apps] if not run.status.finished else [],
+        "apps": [run.app_url(a) for a in run.apps] if not run.status.finished else [],
         "exit_code": run.exit_code, "message": run.message,
     }
 

@@ -13,17 +13,18 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
 from dstack.audit import record_update
 from dstack.backend import Backend, ResourceChange, load_backend
-from dstack.errors import DstackError, NotFoundError, StackBusyError, UsageError
+from dstack.errors import DstackError, NotFoundError, StackBusyError, StoreError, UsageError
 from dstack.home import dstack_home, private_dir
 from dstack.interrupts import Deferred, deferred_sigint
 from dstack.procs import process_alive, process_start_ticks
 from dstack.profiles import Profile, get_profile, store_url
-from dstack.runner import stop_key
+from dstack.runner import heartbeat_key, stop_key
 from dstack.runs import RunRecord, Status, list_runs, load_run, run_stack_name, update_run
 from dstack.store import Store, open_store
 from dstack.sync import read_log_chunks
@@ -99,7 +100,8 @@ def provision(ctx: Context, run: RunRecord, say: Say = _quiet) -> RunRecord:
 def teardown(ctx: Context, run_name: str, say: Say = _quiet, wait_s: float = 120.0) -> bool:
     """Destroy the run's stack (keeping its history) and record it; True when done here.
 
-    When another process holds the stack's lock (it is tearing it down too), wait for it.
+    When another process holds the stack's lock (it is tearing it down too), wait for it; a
+    lock whose engine process is gone is cleared at once.
     """
     deadline = time.monotonic() + wait_s
     while True:
@@ -108,6 +110,9 @@ def teardown(ctx: Context, run_name: str, say: Say = _quiet, wait_s: float = 120
                 changes: list[ResourceChange] = ctx.backend.teardown(run_name)
             break
         except StackBusyError:
+            if run_stack_name(run_name) in ctx.backend.clear_stale_locks():
+                say(f"cleared the lock a dead engine left on stack {run_stack_name(run_name)}")
+                continue
             try:
                 if load_run(ctx.store, run_name).torn_down:
                     return False
@@ -137,7 +142,7 @@ def wait_finished(ctx: Context, run_name: str, timeout_s: float, poll_s: float =
         if run.status.finished or time.monotonic() > deadline:
             return run
         if run.status in (Status.RUNNING, Status.UPLOADING) and \
-                ctx.backend.runner_alive(run) is False:
+                runner_alive(ctx, run) is False:
             return load_run(ctx.store, run_name)
         time.sleep(poll_s)
 
@@ -162,6 +167,22 @@ def stop(ctx: Context, run_name: str, abort: bool = False, say: Say = _quiet,
     return final
 
 
+HEARTBEAT_STALE_S = 180.0
+
+
+def runner_alive(ctx: Context, run: RunRecord) -> bool | None:
+    """Whether the run's runner still runs: the backend's answer, else its heartbeat in the
+    store (a cloud instance that died without a final status stops beating)."""
+    alive = ctx.backend.runner_alive(run)
+    if alive is not None or run.status not in (Status.RUNNING, Status.UPLOADING):
+        return alive
+    try:
+        beat = float(ctx.store.get_json(heartbeat_key(run.name)).get("at", 0))
+    except (NotFoundError, StoreError, ValueError):
+        beat = datetime.fromisoformat(run.started_at or run.submitted_at).timestamp()
+    return time.time() - beat < HEARTBEAT_STALE_S
+
+
 def needs_teardown(ctx: Context, run: RunRecord) -> bool:
     """Whether `run` has a stack that should be destroyed now."""
     if run.torn_down:
@@ -170,9 +191,26 @@ def needs_teardown(ctx: Context, run: RunRecord) -> bool:
         return False  # its own CLI is watching it and will tear it down
     if run.status.finished:
         return True
-    if run.status in (Status.SUBMITTED, Status.PROVISIONING):
-        return not submitter_alive(run)
-    return ctx.backend.runner_alive(run) is False
+    if run.status in (Status.SUBMITTED, Status.PROVISIONING) and not run.instance:
+        return not submitter_alive(run)  # its stack is not up (yet): was its CLI cut short?
+    return runner_alive(ctx, run) is False
+
+
+def end_unfinished(ctx: Context, run_name: str) -> None:
+    """After the stack of a run without a terminal status was destroyed: the run failed.
+
+    That is a run whose submitting CLI died before its stack was up, or whose runner died
+    without ending it (the salvage on teardown ends it when the stack knew the runner).
+    """
+    with contextlib.suppress(NotFoundError):
+        run = load_run(ctx.store, run_name)
+        if run.status.finished:
+            return
+        message = ("the runner stopped before the job finished"
+                   if run.status in (Status.RUNNING, Status.UPLOADING) else
+                   "provisioning did not finish: the dstack command that submitted the run "
+                   "stopped")
+        update_run(ctx.store, run_name, status=Status.FAILED.value, message=message)
 
 
 def reconcile(ctx: Context, say: Say = _quiet) -> list[str]:
@@ -185,6 +223,7 @@ def reconcile(ctx: Context, say: Say = _quiet) -> list[str]:
                     done.append(run.name)
             except StackBusyError:
                 continue
+            end_unfinished(ctx, run.name)
     return done
 
 
@@ -208,6 +247,9 @@ def gc(ctx: Context, say: Say = _quiet) -> dict[str, list[str]]:
                 orphans.append(name)
             except StackBusyError:
                 say(f"stack {info.name} is busy; left alone")
+                continue
+            if run is not None:
+                end_unfinished(ctx, name)
     return {"locks": cleared, "torn_down": torn, "orphans": orphans}
 
 
@@ -242,14 +284,14 @@ def follow(ctx: Context, run_name: str, write: Callable[[bytes], None], say: Say
         for app in run.apps:
             if app.url not in at.shown:
                 at.shown.add(app.url)
-                say(f"{app.name} is at {app.url}")
+                say(f"{app.name} is at {run.app_url(app)}")
         if run.status.finished or not until_finished:
             data, at.seq = read_log_chunks(ctx.store, run_name, at.seq)
             if data:
                 write(data)
             return run
         if interrupted() or (run.status in (Status.RUNNING, Status.UPLOADING) and
-                             ctx.backend.runner_alive(run) is False):
+                             runner_alive(ctx, run) is False):
             return load_run(ctx.store, run_name)
         time.sleep(poll_s)
 

@@ -37,11 +37,28 @@ from dstack.tags import add_tag
 TICK_S = 0.2
 SYNC_EVERY_S = 0.5
 STOP_GRACE_S = 10.0
+HEARTBEAT_EVERY_S = 15.0
 
 
 def stop_key(run: str) -> str:
     """Store key of a run's stop request."""
     return f"runs/{run}/stop.json"
+
+
+def job_ports(count: int) -> list[int]:
+    """The job's ports: the fixed ones a cloud firewall opens (`DSTACK_APP_PORTS`), else free
+    ports of this machine."""
+    fixed = [int(p) for p in os.environ.get("DSTACK_APP_PORTS", "").split(",") if p.strip()]
+    if fixed:
+        if len(fixed) < count:
+            raise DstackError(f"the job needs {count} ports; the instance opened {len(fixed)}")
+        return fixed[:count]
+    return [free_port() for _ in range(count)]
+
+
+def heartbeat_key(run: str) -> str:
+    """Store key of the runner's heartbeat (how a cloud run shows it is alive)."""
+    return f"runs/{run}/heartbeat.json"
 
 
 def free_port() -> int:
@@ -116,7 +133,7 @@ class Runner:
         job = self.run.job
         python_bin = python_env(job.requirements and str(self.repo / job.requirements),
                                 self.cache / "venvs", self.log.say, job.packages)
-        ports = [free_port() for _ in range(job.ports)]
+        ports = job_ports(job.ports)
         self.ports = ports
         script = self.workdir / "job.sh"
         script.write_text(render_job_script(job, str(self.repo / job.working_dir)),
@@ -141,7 +158,10 @@ class Runner:
 
     def stop_job(self, abort: bool) -> None:
         """SIGTERM, a grace period, then SIGKILL (SIGKILL at once when aborting)."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            self.kill_job(signal.SIGKILL)  # what the job left running in its process group
             return
         if not abort:
             self.kill_job(signal.SIGTERM)
@@ -184,16 +204,18 @@ class Runner:
         apps = []
         for spec in self.run.job.apps:
             port = self.ports[spec.index]
-            base = f"http://{self.host}:{port}"
+            base = f"http://{self.host}:{port}"  # 0.0.0.0 on a cloud: shown with its address
+            probe = f"http://{'127.0.0.1' if self.host == '0.0.0.0' else self.host}:{port}"
             path = spec.url_path.replace("{token}", self.run.job.token or "")
-            apps.append((App(name=spec.name, port=port, url=base + path), base + spec.ready_path))
+            apps.append((App(name=spec.name, port=port, url=base + path),
+                         probe + spec.ready_path))
         return apps
 
     def supervise(self, sync: ArtifactSync) -> tuple[int | None, str | None]:
         """Wait for the job, syncing as it runs; return (exit code, stop kind) at its end."""
         assert self.proc is not None
         pending = self._pending_apps()
-        last_sync = 0.0
+        last_sync = last_beat = 0.0
         while True:
             code = self.proc.poll()
             if code is not None:
@@ -208,6 +230,10 @@ class Runner:
             if time.monotonic() - last_sync >= SYNC_EVERY_S:
                 last_sync = time.monotonic()
                 self._sync_quietly(sync)
+            if time.monotonic() - last_beat >= HEARTBEAT_EVERY_S:
+                last_beat = time.monotonic()
+                with contextlib.suppress(DstackError):
+                    self.store.put_json(heartbeat_key(self.run.name), {"at": time.time()})
             time.sleep(TICK_S)
 
     def _stop_requested(self) -> str | None:

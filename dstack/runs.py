@@ -87,6 +87,12 @@ class RunRecord(BaseModel):
                                       description="Host and pid of the CLI that submitted it.")
     detached: bool = False
 
+    def app_url(self, app: App) -> str:
+        """The app's URL as the user opens it (a cloud runner binds 0.0.0.0; the instance's
+        public address stands in for it)."""
+        host = self.instance.get("public_ip")
+        return app.url.replace("//0.0.0.0:", f"//{host}:", 1) if host else app.url
+
     @property
     def duration(self) -> float | None:
         """Seconds from start (or submission) to finish (or now)."""

@@ -16,7 +16,7 @@ import secrets
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -135,16 +135,18 @@ class LocalStore(Store):
     def _writing(self, key: str) -> Iterator[Path]:
         """A temp path beside `key`'s file; renamed over it when the block succeeds."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             yield tmp
             os.replace(tmp, path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with suppress(OSError):  # e.g. ENOTDIR: there is no folder to leave it in
+                tmp.unlink(missing_ok=True)
             raise _store_error(exc, key) from exc
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise
 
     def put_bytes(self, key: str, data: bytes) -> None:

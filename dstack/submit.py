@@ -162,12 +162,9 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
                    project_dir=project_dir)
 
 
-def submit(ctx: Context, plan: RunPlan, *, detached: bool = False, say: Say = _quiet,
-           on_created: Callable[[RunRecord], None] | None = None) -> RunRecord:
-    """Package the code, record the run and bring up its stack.
-
-    `on_created` is called once the run's record exists, before its stack is up.
-    """
+def record_run(ctx: Context, plan: RunPlan, *, detached: bool = False,
+               say: Say = _quiet) -> RunRecord:
+    """Package the code into the store and claim the run's name with its record."""
     with tempfile.TemporaryDirectory(prefix="dstack-code-") as tmp:
         archive = package_code(plan.project_dir, Path(tmp))
         if not ctx.store.exists(archive.store_key):
@@ -184,6 +181,16 @@ def submit(ctx: Context, plan: RunPlan, *, detached: bool = False, say: Say = _q
 
     run = create_run(ctx.store, make)
     say(f"run {run.name} submitted")
+    return run
+
+
+def submit(ctx: Context, plan: RunPlan, *, detached: bool = False, say: Say = _quiet,
+           on_created: Callable[[RunRecord], None] | None = None) -> RunRecord:
+    """Package the code, record the run and bring up its stack.
+
+    `on_created` is called once the run's record exists, before its stack is up.
+    """
+    run = record_run(ctx, plan, detached=detached, say=say)
     if on_created:
         on_created(run)
     return provision(ctx, run, say)
