@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -9,6 +10,7 @@ from typing import Annotated
 import typer
 
 from dstack.cli import output
+from dstack.errors import StoreError
 from dstack.interrupts import deferred_sigint
 from dstack.lifecycle import (
     Context,
@@ -29,7 +31,9 @@ Yes = Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmat
 def open_context(profile: str | None) -> Context:
     """The profile's context, after tearing down whatever finished runs left behind."""
     ctx = Context.open(profile)
-    reconcile(ctx, output.say)
+    # Housekeeping only: when the store cannot be read, the command itself says so.
+    with contextlib.suppress(StoreError):
+        reconcile(ctx, output.say)
     return ctx
 
 
