@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -21,7 +22,9 @@ from dstack.lifecycle import (
     remove_run,
     stop,
 )
-from dstack.runs import RunRecord, list_runs, load_run
+from dstack.runs import TERMINAL, load_run
+
+FINISHED = {s.value for s in TERMINAL}
 
 Profile = Annotated[str | None, typer.Option("--profile", help="Profile to use.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -53,18 +56,6 @@ def _duration(seconds: float | None) -> str:
     if s < 60:
         return f"{seconds:.1f}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def run_row(run: RunRecord, tags: list[str]) -> dict[str, object]:
-    """A run as `ps` shows it."""
-    return {
-        "run": run.name, "workflow": run.workflow or "", "provider": run.provider,
-        "status": run.status.value, "submitted": run.submitted_at,
-        "duration": round(run.duration or 0, 1), "backend": run.backend, "tags": tags,
-        "artifacts": [a.path for a in run.job.artifacts],
-        "apps": [run.app_url(a) for a in run.apps] if not run.status.finished else [],
-        "exit_code": run.exit_code, "message": run.message,
-    }
 
 
 def register_run_commands(app: typer.Typer) -> None:
@@ -140,15 +131,18 @@ def register_run_commands(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """List runs: unfinished ones and the 10 most recent (all with -a)."""
+        from dstack.listing import run_docs, run_summary
         from dstack.tags import tags_of
 
         ctx = open_context(profile)
-        runs = [load_run(ctx.store, run_name)] if run_name else list_runs(ctx.store)
+        docs = ([load_run(ctx.store, run_name).model_dump(mode="json")] if run_name
+                else run_docs(ctx.store, ctx.listing_cache))
         if not all_runs and not run_name:
-            recent = {r.name for r in runs[:10]}
-            runs = [r for r in runs if not r.status.finished or r.name in recent]
-        tags = tags_of(ctx.store)
-        rows = [run_row(r, tags.get(r.name, [])) for r in runs]
+            recent = {d["name"] for d in docs[:10]}
+            docs = [d for d in docs if d["status"] not in FINISHED or d["name"] in recent]
+        tags = tags_of(ctx.store, ctx.listing_cache)
+        now = time.time()
+        rows = [run_summary(d, tags.get(d["name"], []), now) for d in docs]
         if json_out:
             output.print_json(rows)
             return
@@ -158,7 +152,7 @@ def register_run_commands(app: typer.Typer) -> None:
             cols.append("APPS")
         output.table(cols, [
             [str(r["run"]), str(r["workflow"]), str(r["provider"]), str(r["status"]),
-             _ago(str(r["submitted"])), _duration(float(r["duration"])),  # type: ignore[arg-type]
+             _ago(str(r["submitted"])), _duration(r["duration"]),  # type: ignore[arg-type]
              str(r["backend"]), ", ".join(r["tags"]),  # type: ignore[arg-type]
              ", ".join(r["artifacts"]),  # type: ignore[arg-type]
              *([" ".join(r["apps"])] if "APPS" in cols else [])]  # type: ignore[arg-type]
@@ -205,7 +199,7 @@ def register_run_commands(app: typer.Typer) -> None:
         ctx = open_context(profile)
         load_run(ctx.store, run_name)
         _confirm(f"Delete run {run_name} with its logs and artifacts?", yes)
-        remove_run(ctx, run_name, tags_of(ctx.store).get(run_name, []))
+        remove_run(ctx, run_name, tags_of(ctx.store, ctx.listing_cache).get(run_name, []))
         output.say(f"removed {run_name}")
 
     @app.command()

@@ -47,7 +47,7 @@ def list_cmd(profile: Profile = None, json_out: JsonOpt = False) -> None:
     from dstack.tags import list_tags
 
     ctx = open_context(profile)
-    tags = list_tags(ctx.store)
+    tags = list_tags(ctx.store, ctx.listing_cache)
     if json_out:
         output.print_json([t.model_dump(mode="json") for t in tags])
         return

@@ -22,10 +22,11 @@ from dstack.backend import Backend, ResourceChange, load_backend
 from dstack.errors import DstackError, NotFoundError, StackBusyError, StoreError, UsageError
 from dstack.home import dstack_home, private_dir
 from dstack.interrupts import Deferred, deferred_sigint
+from dstack.listing import run_docs, settled
 from dstack.procs import process_alive, process_start_ticks
 from dstack.profiles import Profile, get_profile, store_url
 from dstack.runner import heartbeat_key, stop_key
-from dstack.runs import RunRecord, Status, list_runs, load_run, run_stack_name, update_run
+from dstack.runs import RunRecord, Status, load_run, run_stack_name, update_run
 from dstack.store import Store, open_store
 from dstack.sync import read_log_chunks
 
@@ -53,6 +54,11 @@ class Context:
     def backend(self) -> Backend:
         """The profile's backend (imports pulumi on first use)."""
         return load_backend(self.profile, self.home)
+
+    @property
+    def listing_cache(self) -> Path:
+        """Where listings of this profile's runs and tags are cached."""
+        return self.home / "cache" / f"listing-{self.profile.name}.json"
 
     @cached_property
     def store(self) -> Store:
@@ -216,7 +222,10 @@ def end_unfinished(ctx: Context, run_name: str) -> None:
 def reconcile(ctx: Context, say: Say = _quiet) -> list[str]:
     """Tear down every run that finished (or whose runner or CLI died); return their names."""
     done = []
-    for run in list_runs(ctx.store):
+    for doc in run_docs(ctx.store, ctx.listing_cache):
+        if settled(doc):
+            continue
+        run = RunRecord.model_validate(doc)
         if needs_teardown(ctx, run):
             try:
                 if teardown(ctx, run.name, say, wait_s=0):
@@ -233,7 +242,7 @@ def gc(ctx: Context, say: Say = _quiet) -> dict[str, list[str]]:
     for stack in cleared:
         say(f"cleared a stale lock on stack {stack}")
     torn = reconcile(ctx, say)
-    runs = {r.name: r for r in list_runs(ctx.store)}
+    runs = {r["name"]: RunRecord.model_validate(r) for r in run_docs(ctx.store)}
     orphans = []
     for info in ctx.backend.stacks():
         if not info.name.startswith("run-") or info.resource_count == 0:

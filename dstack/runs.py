@@ -140,17 +140,6 @@ def list_run_names(store: Store) -> list[str]:
     return store.list_dirs("runs/")
 
 
-def list_runs(store: Store) -> list[RunRecord]:
-    """Every run in the store, newest first."""
-    runs = []
-    for name in list_run_names(store):
-        try:
-            runs.append(RunRecord.model_validate(store.get_json(run_key(name))))
-        except (NotFoundError, ValueError):
-            continue
-    return sorted(runs, key=lambda r: r.submitted_at, reverse=True)
-
-
 def update_run(store: Store, name: str, **changes: Any) -> RunRecord:
     """Apply `changes` to the run's document unless it already finished.
 

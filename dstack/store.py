@@ -68,6 +68,10 @@ class Store(ABC):
         """Every key under `prefix` (a folder-like prefix ending in `/`), sorted."""
 
     @abstractmethod
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        """Every key under `prefix` with a token that changes whenever its object does."""
+
+    @abstractmethod
     def list_dirs(self, prefix: str) -> list[str]:
         """The names one level below `prefix` (like `ls`), sorted."""
 
@@ -206,6 +210,16 @@ class LocalStore(Store):
                 if not (name.startswith(".") and name.endswith((".tmp", ".lock"))):
                     keys.append(name if rel == "." else f"{rel}/{name}")
         return sorted(keys)
+
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        out = {}
+        for key in self.list(prefix):
+            try:
+                st = (self.root / key).stat()
+            except FileNotFoundError:
+                continue
+            out[key] = f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
+        return out
 
     def list_dirs(self, prefix: str) -> list[str]:
         base = self.root / prefix if prefix else self.root

@@ -177,6 +177,11 @@ class GCSStore(Store):
         with self._errors(prefix, "listing"):
             return sorted(b.name[cut:] for b in self._blobs(prefix))
 
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        cut = len(self.prefix)
+        with self._errors(prefix, "listing"):
+            return {b.name[cut:]: str(b.generation) for b in self._blobs(prefix)}
+
     def list_dirs(self, prefix: str) -> list[str]:
         cut = len(self.prefix + _prefix(prefix))
         with self._errors(prefix, "listing"):

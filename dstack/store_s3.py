@@ -275,6 +275,11 @@ class S3Store(Store):
         return sorted(obj["Key"][cut:] for page in self._pages(prefix)
                       for obj in page.get("Contents", []))
 
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        cut = len(self.prefix)
+        return {obj["Key"][cut:]: str(obj["ETag"]) for page in self._pages(prefix)
+                for obj in page.get("Contents", [])}
+
     def list_dirs(self, prefix: str) -> list[str]:
         cut = len(self._list_prefix(prefix))
         names: set[str] = set()

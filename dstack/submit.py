@@ -157,7 +157,7 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
     deps = []
     for ref in wf.depends_on:
         dep: DepRef = ref
-        deps.append(resolve_ref(ctx.store, dep.workflow, dep.tag).name)
+        deps.append(resolve_ref(ctx.store, dep.workflow, dep.tag, ctx.listing_cache).name)
     return RunPlan(workflow=wf, workflow_name=name, job=job, deps=deps, tag=opts.tag,
                    project_dir=project_dir)
 

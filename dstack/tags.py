@@ -7,13 +7,15 @@ the newest successful run of a workflow, found when a dependency is resolved.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dstack.errors import NotFoundError, UsageError
+from dstack.listing import run_docs, tag_docs
 from dstack.names import did_you_mean
-from dstack.runs import RunRecord, Status, list_runs, load_run, now
+from dstack.runs import RunRecord, Status, load_run, now
 from dstack.store import Store
 
 TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -82,15 +84,15 @@ def list_tag_names(store: Store) -> list[str]:
     return [k[len("tags/"):-len(".json")] for k in store.list("tags/") if k.endswith(".json")]
 
 
-def list_tags(store: Store) -> list[Tag]:
+def list_tags(store: Store, cache: Path | None = None) -> list[Tag]:
     """Every tag, newest first."""
     tags = []
-    for name in list_tag_names(store):
+    for doc in tag_docs(store, cache):
         try:
-            tags.append(Tag.model_validate(store.get_json(tag_key(name))))
-        except (NotFoundError, ValueError):
+            tags.append(Tag.model_validate(doc))
+        except ValueError:
             continue
-    return sorted(tags, key=lambda t: t.created_at, reverse=True)
+    return tags
 
 
 def delete_tag(store: Store, tag: str) -> None:
@@ -99,28 +101,29 @@ def delete_tag(store: Store, tag: str) -> None:
     store.delete(tag_key(tag))
 
 
-def tags_of(store: Store) -> dict[str, list[str]]:
+def tags_of(store: Store, cache: Path | None = None) -> dict[str, list[str]]:
     """Run name → the tags pointing at it."""
     out: dict[str, list[str]] = {}
-    for t in list_tags(store):
-        out.setdefault(t.run, []).append(t.name)
+    for doc in tag_docs(store, cache):
+        out.setdefault(str(doc.get("run")), []).append(str(doc.get("name")))
     return out
 
 
-def latest_run(store: Store, workflow: str) -> RunRecord | None:
+def latest_run(store: Store, workflow: str, cache: Path | None = None) -> RunRecord | None:
     """The newest successful run of `workflow`."""
-    for run in list_runs(store):
-        if run.workflow == workflow and run.status is Status.DONE:
-            return run
+    for doc in run_docs(store, cache):
+        if doc.get("workflow") == workflow and doc.get("status") == Status.DONE.value:
+            return RunRecord.model_validate(doc)
     return None
 
 
-def resolve_ref(store: Store, workflow: str | None, tag: str) -> RunRecord:
+def resolve_ref(store: Store, workflow: str | None, tag: str,
+                cache: Path | None = None) -> RunRecord:
     """The run a dependency `wf:latest`, `wf:TAG` or `:TAG` names; says what to run if none."""
     if tag == "latest":
         if workflow is None:
             raise UsageError("':latest' needs a workflow name", "Write it as `WORKFLOW:latest`.")
-        run = latest_run(store, workflow)
+        run = latest_run(store, workflow, cache)
         if run is None:
             raise NotFoundError(f"{workflow}:latest: workflow {workflow!r} has no successful run",
                                 f"Run it first: `dstack run {workflow}`.")
