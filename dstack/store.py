@@ -131,6 +131,14 @@ class LocalStore(Store):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = f"file://{root}"
+        self._made: set[Path] = set()
+
+    def _folder(self, path: Path) -> None:
+        """Make `path`'s folder, once per store object (a sync writes many files there)."""
+        parent = path.parent
+        if parent not in self._made:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(parent)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -141,7 +149,7 @@ class LocalStore(Store):
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folder(path)
             yield tmp
             os.replace(tmp, path)
         except OSError as exc:
@@ -238,6 +246,7 @@ class LocalStore(Store):
         self._path(key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> None:
+        self._made.clear()
         base = self.root / prefix.rstrip("/")
         if base.is_dir():
             shutil.rmtree(base, ignore_errors=True)

@@ -24,22 +24,41 @@ def artifact_prefix(run: str) -> str:
     return f"runs/{run}/artifacts/"
 
 
-def _walk_files(root: Path, rel: str) -> list[tuple[str, Path]]:
-    """(relative key, file) pairs under `root/rel`, not following links out of root."""
+def _walk_files(root: Path, rel: str) -> list[tuple[str, Path, os.stat_result]]:
+    """(relative key, file, stat) under `root/rel`. Links are followed only to files inside
+    root; linked folders are not entered (no loops, nothing from outside)."""
     base = root / rel
     real_root = root.resolve()
-    out: list[tuple[str, Path]] = []
     if base.is_symlink() and not _inside(base, real_root):
-        return out
+        return []
     if base.is_file():
-        return [(rel, base)]
-    for dirpath, dirs, files in os.walk(base):
-        dirs[:] = [d for d in dirs if _inside(Path(dirpath) / d, real_root)]
-        for name in files:
-            path = Path(dirpath) / name
-            if name.startswith(".dstack-") or not _inside(path, real_root):
-                continue
-            out.append((path.relative_to(root).as_posix(), path))
+        return [(rel, base, base.stat())]
+    out: list[tuple[str, Path, os.stat_result]] = []
+    prefix = len(str(root)) + 1
+    folders = [str(base)]
+    while folders:
+        try:
+            entries = os.scandir(folders.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_symlink():
+                        if not entry.is_file() or not _inside(Path(entry.path), real_root):
+                            continue
+                        st = entry.stat()
+                    elif entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+                        continue
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                    else:
+                        continue
+                except OSError:
+                    continue
+                if not entry.name.startswith(".dstack-"):
+                    out.append((entry.path[prefix:], Path(entry.path), st))
     return out
 
 
@@ -67,11 +86,7 @@ class ArtifactSync:
         """Files that are new or changed since their last upload."""
         out = []
         for rel in self.paths:
-            for key, path in _walk_files(self.root, rel):
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
+            for key, path, st in _walk_files(self.root, rel):
                 sig = (st.st_size, st.st_mtime_ns)
                 if self._seen.get(key) != sig:
                     out.append((key, path, sig))
