@@ -103,9 +103,9 @@ class Runner:
 
     def environment(self, ports: list[int], python_bin: Path) -> dict[str, str]:
         """The job's environment: the runner's, the user's, and DSTACK_* / PORT_* values."""
-        env = dict(os.environ)
-        for k in ("PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_BACKEND_URL", "PULUMI_HOME"):
-            env.pop(k, None)
+        # Not the engine's: a local runner is started by the engine's dynamic provider, whose
+        # PULUMI_* variables (passphrase file, state URL, the stack's config) are no job's.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
         env.update(self.run.job.env)
         secrets = load_secrets(self.store)  # from the store: never in scripts or state
         env.update(secrets)

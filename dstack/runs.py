@@ -7,6 +7,7 @@ and a terminal status is never overwritten.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timezone
 from enum import Enum
@@ -124,8 +125,18 @@ def create_run(store: Store, make: Any) -> RunRecord:
     raise UsageError("could not find a free run name")  # pragma: no cover
 
 
+def check_run_name(name: str) -> str:
+    """Return `name` if it can be a run's name; UsageError otherwise (before any store key
+    is made from it: `../x` must not reach the store)."""
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", name):
+        raise UsageError(f"{name!r} is not a run name",
+                         "Run names look like `brave-otter-1`; `dstack ps -a` lists the runs.")
+    return name
+
+
 def load_run(store: Store, name: str) -> RunRecord:
     """The run called `name`; NotFoundError with a suggestion when there is none."""
+    check_run_name(name)
     try:
         doc = store.get_json(run_key(name))
     except NotFoundError:

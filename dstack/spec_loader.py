@@ -218,7 +218,8 @@ class Workflows(Mapping[str, Workflow]):
 def workflow_files(project_dir: Path) -> list[Path]:
     """`.dstack/workflows.yaml` (or `.yml`) then `.dstack/workflows/*.yaml` in name order."""
     root = project_dir / ".dstack"
-    files = [root / name for name in ("workflows.yaml", "workflows.yml") if (root / name).exists()]
+    files = [root / name for name in ("workflows.yaml", "workflows.yml")
+             if (root / name).exists() or (root / name).is_symlink()]  # a broken link: say so
     folder = root / "workflows"
     if folder.is_dir():
         files += sorted(

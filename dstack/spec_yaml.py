@@ -165,7 +165,8 @@ def read_text(path: Path, origin: str, max_bytes: int) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        message = f"{origin}:{line}:{column}: not valid UTF-8 (byte 0x{data[e.start]:02x})"
+        start = e.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        message = f"{origin}:{line}:{column}: not valid UTF-8 (byte 0x{data[start]:02x})"
         raise SpecError(message, "Save the file as UTF-8.") from None

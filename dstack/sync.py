@@ -29,7 +29,7 @@ def _walk_files(root: Path, rel: str) -> list[tuple[str, Path, os.stat_result]]:
     root; linked folders are not entered (no loops, nothing from outside)."""
     base = root / rel
     real_root = root.resolve()
-    if base.is_symlink() and not _inside(base, real_root):
+    if not _inside(base, real_root):  # a link on the way (not only the last) leads out
         return []
     if base.is_file():
         return [(rel, base, base.stat())]

@@ -71,6 +71,8 @@ def add_tag(store: Store, tag: str, run: RunRecord, *, replace: bool = False) ->
 
 def load_tag(store: Store, tag: str) -> Tag:
     """The tag called `tag`; NotFoundError with a suggestion when there is none."""
+    if not TAG_NAME.match(tag):
+        check_tag_name(tag)  # says what a tag name may be
     try:
         return Tag.model_validate(store.get_json(tag_key(tag)))
     except NotFoundError:

@@ -7,7 +7,11 @@ dynamic resources. Destroying the run stack stops the runner if it still runs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -20,7 +24,7 @@ from dstack.errors import NotFoundError, UsageError
 from dstack.home import private_dir
 from dstack.job import Job
 from dstack.machine import docker_engine_available, local_gpus
-from dstack.procs import process_alive
+from dstack.procs import process_alive, session_members
 from dstack.profiles import Profile, store_url
 from dstack.runs import RunRecord, run_stack_name
 from dstack.stacks.engine import Engine
@@ -50,12 +54,21 @@ class LocalBackend:
         return self.home / "pulumi" / f"workspace-{self.profile.name}.done"
 
     def ensure_workspace(self) -> None:
-        """Bring up the long-lived workspace stack once (it declares the store folder)."""
+        """Bring up the long-lived workspace stack once (it declares the store folder).
+
+        Runs started at the same time take turns: the first brings it up, the others wait.
+        """
         if self._workspace_marker().exists():
             return
-        root = str(self.store_root)
-        self.engine.up(f"workspace-{self.profile.name}", lambda: Folder("store", root, keep=True))
-        self._workspace_marker().write_text("ok\n")
+        private_dir(self._workspace_marker().parent)
+        with open(self._workspace_marker().with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._workspace_marker().exists():
+                return
+            root = str(self.store_root)
+            self.engine.up(f"workspace-{self.profile.name}",
+                           lambda: Folder("store", root, keep=True))
+            self._workspace_marker().write_text("ok\n")
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -147,6 +160,11 @@ class LocalBackend:
                 continue
             pid, host = info.get("pid"), info.get("hostname")
             if host == socket.gethostname() and pid and not process_alive(int(pid), None):
+                # The engine runs as the leader of its own session: what is left in that
+                # session (its plugins, e.g. the dynamic provider) died with it in spirit.
+                for member in session_members(int(pid)):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(member, signal.SIGKILL)
                 lock.unlink(missing_ok=True)
                 cleared.append(lock.parent.name)
         return cleared

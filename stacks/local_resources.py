@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,8 +19,11 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
 
+from dstack.errors import DstackError
 from dstack.procs import process_alive, process_start_ticks, session_members
 from dstack.runner import salvage
+from dstack.runs import update_run
+from dstack.store import open_store
 
 RUNNER_STOP_WAIT_S = 30.0
 
@@ -82,6 +86,13 @@ class RunnerProcessProvider(ResourceProvider):
                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             )
         ticks = process_start_ticks(proc.pid)
+        if props.get("run") and props.get("store_url"):
+            # Where the runner is, in the run's record at once: the CLI records it too once
+            # the update is saved, but that CLI may die before (then `dstack ps` needs this).
+            instance = {"host": socket.gethostname(), "pid": proc.pid, "start_ticks": ticks,
+                        "workdir": str(workdir)}
+            with contextlib.suppress(DstackError):
+                update_run(open_store(props["store_url"]), props["run"], instance=instance)
         return CreateResult(id_=str(proc.pid), outs={**props, "pid": proc.pid,
                                                      "start_ticks": ticks})
 
