@@ -25,7 +25,8 @@ from dstack.packaging import package_code
 from dstack.provider_registry import PROVIDERS, provider_params
 from dstack.runs import RunRecord, create_run, run_stack_name
 from dstack.spec import DepRef, Workflow
-from dstack.spec_loader import load_workflows, validate_workflow
+from dstack.spec_loader import check_workflow, load_workflows, validate_workflow
+from dstack.spec_problems import format_path
 from dstack.sync import read_log_chunks
 from dstack.tags import check_tag_name, resolve_ref, tag_key
 
@@ -109,6 +110,31 @@ def _apply(data: dict[str, Any], opts: RunOptions) -> dict[str, Any]:
     return data
 
 
+def _flag_of(path: tuple[object, ...]) -> str | None:
+    """The `dstack run` flag that set the field at `path`, if one did."""
+    head = path[0] if path else None
+    if head == "resources" and len(path) > 1:
+        if path[1] == "gpu":
+            rest = set(path[2:])
+            return "--gpu-memory" if "memory" in rest or "memory_bytes" in rest else \
+                "--gpu-name" if "name" in rest else "--gpu"
+        return {"cpu": "--cpu", "memory": "--memory",
+                "interruptible": "--interruptible"}.get(str(path[1]))
+    return {"env": "--env", "depends-on": "--dep", "depends_on": "--dep",
+            "artifacts": "--artifact", "working_dir": "--working-dir",
+            "requirements": "--requirements"}.get(str(head))
+
+
+def _check_flags(provider: str, flags: dict[str, Any]) -> None:
+    """Validate the values the flags give, blaming the flag (not the workflow file)."""
+    _wf, problems = check_workflow({"provider": provider, **flags})
+    for problem in problems:
+        flag = _flag_of(tuple(problem.path))
+        if flag is not None:
+            raise UsageError(f"{flag}: {format_path(problem.path)}: {problem.message}",
+                             f"Fix the value of {flag}; `dstack run --help` lists the flags.")
+
+
 def make_job(wf: Workflow, args: list[str], outer_env: Mapping[str, str]) -> Job:
     """The job of a validated workflow (the provider supplies the command and ports)."""
     parts = wf.job_parts()  # type: ignore[attr-defined]
@@ -145,6 +171,7 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
     """
     data, args, origin, name = _target_data(project_dir, target, positional)
     args = [*args, *after_dashes]
+    _check_flags(str(data.get("provider")), _apply({}, opts))
     wf = validate_workflow(_apply(data, opts), origin=origin)
     if opts.tag:
         check_tag_name(opts.tag)
