@@ -14,9 +14,9 @@ import os
 import signal
 import socket
 import sys
+from functools import cached_property
 from pathlib import Path
-
-import pulumi
+from typing import TYPE_CHECKING
 
 from dstack.backend import ResourceChange, StackInfo, UpdateRecord
 from dstack.bootstrap import render_bootstrap
@@ -27,9 +27,10 @@ from dstack.machine import docker_engine_available, local_gpus
 from dstack.procs import process_alive, session_members
 from dstack.profiles import Profile, store_url
 from dstack.runs import RunRecord, run_stack_name
-from dstack.stacks.engine import Engine
-from dstack.stacks.local_resources import Folder, RunnerProcess
 from dstack.store import LocalStore, Store
+
+if TYPE_CHECKING:
+    from dstack.stacks.engine import Engine
 
 
 class LocalBackend:
@@ -40,10 +41,17 @@ class LocalBackend:
     def __init__(self, profile: Profile, home: Path) -> None:
         self.profile = profile
         self.home = home
-        self.engine = Engine(home, profile.state_url)
         self.store_root = Path(store_url(profile, home)[len("file://"):])
         self.workdirs = home / "workdirs"
         self.cache = home / "cache"
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The engine, imported on first use: `ps`, `logs` and the checks before a run do
+        not need pulumi (about 0.4 s of imports)."""
+        from dstack.stacks.engine import Engine
+
+        return Engine(self.home, self.profile.state_url)
 
     def store(self) -> Store:
         return LocalStore(self.store_root)
@@ -65,6 +73,8 @@ class LocalBackend:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self._workspace_marker().exists():
                 return
+            from dstack.stacks.local_resources import Folder
+
             root = str(self.store_root)
             self.engine.up(f"workspace-{self.profile.name}",
                            lambda: Folder("store", root, keep=True))
@@ -114,6 +124,9 @@ class LocalBackend:
         self.ensure_workspace()
         private_dir(self.workdirs)
         workdir = str(self.workdirs / run.name)
+        import pulumi
+
+        from dstack.stacks.local_resources import Folder, RunnerProcess
 
         def program() -> None:
             folder = Folder("workspace", workdir)
