@@ -173,8 +173,11 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
     args = [*args, *after_dashes]
     _check_flags(str(data.get("provider")), _apply({}, opts))
     wf = validate_workflow(_apply(data, opts), origin=origin)
-    if opts.tag:
-        check_tag_name(opts.tag)
+    if opts.tag is not None:  # `--tag ""` is refused, not ignored
+        try:
+            check_tag_name(opts.tag)
+        except UsageError as exc:
+            raise UsageError(f"--tag: {exc.message}", exc.hint) from None
         if ctx.store.exists(tag_key(opts.tag)):
             raise UsageError(f"tag {opts.tag!r} already exists",
                              f"Choose another tag, or delete it first: "

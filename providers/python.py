@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from pydantic import Field, field_validator
 
 from dstack.errors import UsageError
 from dstack.job import JobParts
 from dstack.spec import Args, SpecModel, Version
+from dstack.spec_fields import relative_path
 
 
 class Params(SpecModel):
@@ -19,8 +21,8 @@ class Params(SpecModel):
         default_factory=list,
         description="Arguments for the file: a string (split as a shell would) or a list.",
     )
-    requirements: str | None = Field(
-        None, min_length=1, description="A requirements file to install first."
+    requirements: Annotated[str, relative_path("the project")] | None = Field(
+        None, min_length=1, description="A requirements file (in the project) to install first."
     )
     version: Version | None = Field(None, description='Python version, e.g. "3.11".')
 
