@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 from dstack.backend import ResourceChange, StackInfo, UpdateRecord
 from dstack.bootstrap import render_bootstrap
 from dstack.catalogue import Offer, choose_offer
-from dstack.errors import BackendError, NotFoundError, UsageError
+from dstack.errors import BackendError, UsageError
 from dstack.home import write_private
 from dstack.job import Job
 from dstack.profiles import Profile
@@ -382,12 +382,31 @@ class CloudBackend:
         """The address app ports open to: None when the job serves no port."""
         return caller_cidr(self.profile) if job.ports else None
 
+    def run_config(self, run: RunRecord, bootstrap: str, workspace: dict[str, Any]) -> Any:
+        """The run program's config (the subclass's)."""
+        raise NotImplementedError
+
+    def run_program(self, config: Any) -> Callable[[], None]:
+        """The run stack's program for `config` (the subclass's)."""
+        raise NotImplementedError
+
+    def instance_info(self, run: RunRecord, cfg: Any, outputs: dict[str, Any],
+                      offer: Offer) -> dict[str, object]:
+        """What the run records about its instance (the subclass's)."""
+        raise NotImplementedError
+
+    def provision(self, run: RunRecord, bootstrap: str
+                  ) -> tuple[list[ResourceChange], dict[str, object]]:
+        """Ensure the workspace, upload the wheel, bring up `run-<name>`."""
+        workspace = self.ensure_workspace()
+        self.publish_wheel()
+        cfg = self.run_config(run, bootstrap, workspace)
+        outputs, changes = self.engine.up(run_stack_name(run.name), self.run_program(cfg))
+        return changes, self.instance_info(run, cfg, outputs, self.offer(run.job))
+
     def teardown(self, run_name: str) -> list[ResourceChange]:
         """Destroy `run-<name>` (terminating the instance); keep its history."""
-        try:
-            return self.engine.destroy(run_stack_name(run_name), lambda: None)
-        except NotFoundError:
-            return []
+        return self.engine.destroy(run_stack_name(run_name), lambda: None, missing_ok=True)
 
     def stacks(self) -> list[StackInfo]:
         """Every stack of the profile's state backend."""

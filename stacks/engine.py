@@ -156,9 +156,18 @@ class Engine:
             return changes.outputs, changes.items
 
     def destroy(
-        self, name: str, program: Program, on_output: OutputFn | None = None
+        self, name: str, program: Program, on_output: OutputFn | None = None,
+        missing_ok: bool = False,
     ) -> list[ResourceChange]:
-        """Destroy every resource of stack `name`, keeping the stack and its history."""
+        """Destroy every resource of stack `name`, keeping the stack and its history.
+
+        With `missing_ok`, a stack that was never created counts as destroyed (no changes).
+        """
+        if missing_ok:
+            try:
+                return self.destroy(name, program, on_output)
+            except NotFoundError:
+                return []
         with _translated(name, "destroy"):
             stack = self._stack(name, program, create=False)
             changes = _ChangeLog()

@@ -17,10 +17,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from dstack.backend import ResourceChange
 from dstack.catalogue import Offer, describe_offer, format_price
 from dstack.job import Job
-from dstack.runs import RunRecord, run_stack_name
+from dstack.runs import RunRecord
 from dstack.stacks.cloud import (
     REMOTE_ROOT,
     CloudBackend,
@@ -174,14 +173,13 @@ class GcpBackend(CloudBackend):
             secure_boot=str(self.setting("secure_boot", "true")).lower() != "false",
         )
 
-    def provision(self, run: RunRecord, bootstrap: str
-                  ) -> tuple[list[ResourceChange], dict[str, object]]:
-        """Ensure the workspace, upload the wheel, bring up `run-<name>`."""
-        workspace = self.ensure_workspace()
-        self.publish_wheel()
-        cfg = self.run_config(run, bootstrap, workspace)
-        offer = self.offer(run.job)
-        outputs, changes = self.engine.up(run_stack_name(run.name), lambda: run_program(cfg))
+    def run_program(self, config: GcpRun) -> Callable[[], None]:
+        """The run stack's program for `config`."""
+        return lambda: run_program(config)
+
+    def instance_info(self, run: RunRecord, cfg: GcpRun, outputs: dict[str, Any],
+                      offer: Offer) -> dict[str, object]:
+        """Where the run's runner runs, as recorded in the run."""
         instance: dict[str, object] = {
             "cloud": "gcp", "id": outputs.get("instance_id"),
             "name": outputs.get("instance_name"), "type": cfg.machine_type,
@@ -191,4 +189,4 @@ class GcpBackend(CloudBackend):
             "price_per_hour": offer.price, "spot": cfg.spot, "app_ports": list(cfg.app_ports),
             "caller_cidr": cfg.caller_cidr, "network_tag": network_tag(run.name),
         }
-        return changes, instance
+        return instance

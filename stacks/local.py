@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from dstack.backend import ResourceChange, StackInfo, UpdateRecord
 from dstack.bootstrap import render_bootstrap
-from dstack.errors import NotFoundError, UsageError
+from dstack.errors import UsageError
 from dstack.home import private_dir
 from dstack.job import Job
 from dstack.machine import docker_engine_available, local_gpus
@@ -143,10 +143,7 @@ class LocalBackend:
 
     def teardown(self, run_name: str) -> list[ResourceChange]:
         """Destroy `run-<name>`; a stack that was never created is already torn down."""
-        try:
-            return self.engine.destroy(run_stack_name(run_name), lambda: None)
-        except NotFoundError:
-            return []
+        return self.engine.destroy(run_stack_name(run_name), lambda: None, missing_ok=True)
 
     def stacks(self) -> list[StackInfo]:
         return self.engine.list_stacks()

@@ -342,7 +342,10 @@ class FakeEngine:
                  "public_ip": "198.51.100.8"},
                 [ResourceChange("create", "gcp:compute/instance:Instance", "instance")])
 
-    def destroy(self, name: str, program: Callable[[], None]) -> list[ResourceChange]:
+    def destroy(self, name: str, program: Callable[[], None],
+                missing_ok: bool = False) -> list[ResourceChange]:
+        if missing_ok:  # as the real engine: a stack never created is already destroyed
+            return []
         raise NotFoundError(f"no stack named {name}")
 
 
