@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from dstack.cli import output
-from dstack.errors import StoreError
+from dstack.errors import BackendError, StoreError
 from dstack.interrupts import deferred_sigint
 from dstack.lifecycle import (
     Context,
@@ -232,3 +232,10 @@ def register_run_commands(app: typer.Typer) -> None:
         result = gc(ctx, output.say)
         output.say(f"gc: {len(result['locks'])} stale lock(s), {len(result['torn_down'])} "
                    f"finished run(s), {len(result['orphans'])} orphan stack(s)")
+        runs = [r for r in result["failed"] if r != "*"]
+        if result["failed"]:
+            what = [f"destroy the stack of {len(runs)} run(s): {', '.join(runs)}"] if runs else []
+            what += ["list the stacks"] if "*" in result["failed"] else []
+            raise BackendError(f"gc could not {' or '.join(what)}",
+                               "The messages above say why; `dstack --debug gc` shows the "
+                               "engine's full output.")

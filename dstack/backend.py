@@ -86,7 +86,8 @@ class Backend(Protocol):
         """The run stack's update history."""
 
     def clear_stale_locks(self) -> list[str]:
-        """Remove locks left by engine processes that no longer exist; return their stacks."""
+        """Remove locks left by engine processes that no longer exist, after repairing the
+        checkpoints they were saving; return their stacks."""
 
     def runner_alive(self, run: RunRecord) -> bool | None:
         """Whether the run's runner still runs (None when this backend cannot tell)."""

@@ -19,7 +19,14 @@ from pathlib import Path
 
 from dstack.audit import record_update
 from dstack.backend import Backend, ResourceChange, load_backend
-from dstack.errors import DstackError, NotFoundError, StackBusyError, StoreError, UsageError
+from dstack.errors import (
+    BackendError,
+    DstackError,
+    NotFoundError,
+    StackBusyError,
+    StoreError,
+    UsageError,
+)
 from dstack.home import dstack_home, private_dir
 from dstack.interrupts import Deferred, deferred_sigint
 from dstack.listing import run_docs, settled
@@ -110,14 +117,14 @@ def teardown(ctx: Context, run_name: str, say: Say = _quiet, wait_s: float = 120
     lock whose engine process is gone is cleared at once.
     """
     deadline = time.monotonic() + wait_s
+    repaired = False
     while True:
         try:
             with deferred_sigint(say, "Ctrl-C: the stack is being destroyed; one moment"):
                 changes: list[ResourceChange] = ctx.backend.teardown(run_name)
             break
         except StackBusyError:
-            if run_stack_name(run_name) in ctx.backend.clear_stale_locks():
-                say(f"cleared the lock a dead engine left on stack {run_stack_name(run_name)}")
+            if _cleared_stale_lock(ctx, run_name, say):
                 continue
             try:
                 if load_run(ctx.store, run_name).torn_down:
@@ -127,11 +134,27 @@ def teardown(ctx: Context, run_name: str, say: Say = _quiet, wait_s: float = 120
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+        except BackendError:
+            # An engine killed while saving a checkpoint leaves the stack unreadable (the
+            # engine reads it before it looks at the lock): repaired as its lock is cleared.
+            if repaired or not _cleared_stale_lock(ctx, run_name, say):
+                raise
+            repaired = True
     record_update(ctx.store, run_name, "destroy", changes)
     if changes:
         say(f"destroyed stack {run_stack_name(run_name)} ({len(changes)} resource(s))")
     with contextlib.suppress(NotFoundError):
         update_run(ctx.store, run_name, torn_down=True)
+    return True
+
+
+def _cleared_stale_lock(ctx: Context, run_name: str, say: Say) -> bool:
+    """Whether the run's stack had a lock of a dead engine, now cleared (and its stack
+    repaired)."""
+    stack = run_stack_name(run_name)
+    if stack not in ctx.backend.clear_stale_locks():
+        return False
+    say(f"cleared the lock a dead engine left on stack {stack}")
     return True
 
 
@@ -219,47 +242,76 @@ def end_unfinished(ctx: Context, run_name: str) -> None:
         update_run(ctx.store, run_name, status=Status.FAILED.value, message=message)
 
 
-def reconcile(ctx: Context, say: Say = _quiet) -> list[str]:
-    """Tear down every run that finished (or whose runner or CLI died); return their names."""
+def reconcile(ctx: Context, say: Say = _quiet,
+              failed: list[str] | None = None) -> list[str]:
+    """Tear down every run that finished (or whose runner or CLI died); return their names.
+
+    A run whose stack cannot be destroyed now is reported through `say` and appended to
+    `failed`, and the others go on: housekeeping never blocks the command that does it.
+    """
     done = []
     for doc in run_docs(ctx.store, ctx.listing_cache):
         if settled(doc):
             continue
         run = RunRecord.model_validate(doc)
         if needs_teardown(ctx, run):
-            try:
-                if teardown(ctx, run.name, say, wait_s=0):
-                    done.append(run.name)
-            except StackBusyError:
+            if not _try_teardown(ctx, run.name, say, failed):
                 continue
+            done.append(run.name)
             end_unfinished(ctx, run.name)
     return done
 
 
+def _try_teardown(ctx: Context, run_name: str, say: Say, failed: list[str] | None,
+                  note_busy: bool = False) -> bool:
+    """`teardown` without waiting for a busy stack; False when it is busy or fails."""
+    try:
+        return teardown(ctx, run_name, say, wait_s=0)
+    except StackBusyError:
+        if note_busy:
+            say(f"stack {run_stack_name(run_name)} is busy; left alone")
+        return False
+    except BackendError as exc:
+        say(f"could not destroy the stack of run {run_name} now: {exc.message}; "
+            "`dstack gc` tries again")
+        if failed is not None:
+            failed.append(run_name)
+        return False
+
+
 def gc(ctx: Context, say: Say = _quiet) -> dict[str, list[str]]:
-    """Repair everything a crashed CLI may have left: locks, finished runs, orphan stacks."""
+    """Repair everything a crashed CLI may have left: locks, finished runs, orphan stacks.
+
+    What it could not do is listed under `failed` (run names, or the stack listing as
+    `*`); it is reported through `say` as it happens.
+    """
     cleared = ctx.backend.clear_stale_locks()
     for stack in cleared:
         say(f"cleared a stale lock on stack {stack}")
-    torn = reconcile(ctx, say)
+    failed: list[str] = []
+    torn = reconcile(ctx, say, failed)
     runs = {r["name"]: RunRecord.model_validate(r) for r in run_docs(ctx.store)}
     orphans = []
-    for info in ctx.backend.stacks():
+    try:
+        stacks = ctx.backend.stacks()
+    except BackendError as exc:
+        say(f"could not look for orphan stacks: {exc}")
+        stacks, failed = [], [*failed, "*"]
+    for info in stacks:
         if not info.name.startswith("run-") or info.resource_count == 0:
             continue
         name = info.name[len("run-"):]
         run = runs.get(name)
+        if name in failed:
+            continue
         if run is None or (run.torn_down is False and needs_teardown(ctx, run)) or \
                 (run.torn_down and info.resource_count > 0):
-            try:
-                teardown(ctx, name, say, wait_s=0)
-                orphans.append(name)
-            except StackBusyError:
-                say(f"stack {info.name} is busy; left alone")
+            if not _try_teardown(ctx, name, say, failed, note_busy=True):
                 continue
+            orphans.append(name)
             if run is not None:
                 end_unfinished(ctx, name)
-    return {"locks": cleared, "torn_down": torn, "orphans": orphans}
+    return {"locks": cleared, "torn_down": torn, "orphans": orphans, "failed": failed}
 
 
 @dataclass

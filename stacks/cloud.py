@@ -421,5 +421,6 @@ class CloudBackend:
         return None
 
     def clear_stale_locks(self) -> list[str]:
-        """Nothing to clear: locks in a cloud state backend are left to `pulumi cancel`."""
-        return []
+        """Locks of dead engines in a local state folder (in a bucket they are left to
+        `pulumi cancel`)."""
+        return self.engine.clear_stale_locks()

@@ -9,10 +9,13 @@ turned into dstack errors that say what to do.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 
 from pulumi import automation as auto
 from pulumi.automation import errors as auto_errors
+from pulumi.automation._cmd import CommandResult, OnOutput
 from pulumi.automation._stack import StackInitMode
 from pulumi.automation.events import EngineEvent, OpType
 from semver import VersionInfo
@@ -29,14 +33,17 @@ from dstack.errors import BackendError, EngineMissingError, NotFoundError, Stack
 from dstack.home import private_dir, secret_file, write_private
 from dstack.stacks.engine_install import (
     PULUMI_VERSION,
-    SESSION_NAME,
     engine_bin,
     engine_root,
     is_installed,
-    write_launcher,
+)
+from dstack.stacks.file_state import (
+    PROJECT_NAME,
+    clear_stale_locks,
+    state_folder,
+    unreadable_stacks,
 )
 
-PROJECT_NAME = "dstack"
 PROJECT_YAML = (
     "name: dstack\n"
     "runtime: python\n"
@@ -71,15 +78,93 @@ class _Stack(auto.Stack):
                                   message="", environment={}, config={}, result="succeeded")
 
 
-def _command(root: Path, version: str) -> auto.PulumiCommand:
-    """The engine command, without running `pulumi version` again when the install stamp
-    already says which version it is (each engine start costs about 0.3 s)."""
-    cmd = auto.PulumiCommand.__new__(auto.PulumiCommand)
-    if not (root / "bin" / SESSION_NAME).exists():
-        write_launcher(root / "bin")
-    cmd.command = str(root / "bin" / SESSION_NAME)
-    cmd.version = VersionInfo.parse(version)
-    return cmd
+class _EngineCommand(auto.PulumiCommand):
+    """The engine command, run so that the death of the dstack process never kills it.
+
+    The Automation API reads the engine's stdout and stderr through pipes. When dstack is
+    killed, the engine's next write to them raises SIGPIPE, and Go programs die of SIGPIPE on
+    stdout and stderr whatever their disposition: the engine then dies in the middle of
+    saving a checkpoint and leaves the stack unreadable. Here the engine writes to files
+    that dstack follows, runs in a session of its own (a Ctrl-C for dstack does not reach it
+    mid-update), and reads nothing. It also skips the second `pulumi version` the Automation
+    API runs (each engine start costs about 0.3 s): the install stamp says the version.
+    """
+
+    def __init__(self, binary: Path, version: str, output_dir: Path) -> None:
+        self.command = str(binary)
+        self.version = VersionInfo.parse(version)
+        self.output_dir = output_dir
+
+    def run(self, args: list[str], cwd: str, additional_env: Mapping[str, str],
+            on_output: OnOutput | None = None,
+            on_error: OnOutput | None = None) -> CommandResult:
+        if "--non-interactive" not in args:
+            args.insert(0, "--non-interactive")
+        env = {**os.environ, **additional_env, "PULUMI_AUTOMATION_API": "true"}
+        stem = self.output_dir / f"{os.getpid()}-{threading.get_ident()}-{time.time_ns()}"
+        out, err = stem.with_suffix(".out"), stem.with_suffix(".err")
+        done = threading.Event()
+        stdout: list[str] = []
+        stderr: list[str] = []
+        try:
+            with out.open("wb") as out_f, err.open("wb") as err_f:
+                proc = subprocess.Popen([self.command, *args], cwd=cwd, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=out_f,
+                                        stderr=err_f, start_new_session=True)
+            followers = [threading.Thread(target=_follow, args=(path, done, cb, lines))
+                         for path, cb, lines in ((out, on_output, stdout),
+                                                 (err, on_error, stderr))]
+            for t in followers:
+                t.start()
+            try:
+                code = proc.wait()
+            finally:
+                done.set()
+                for t in followers:
+                    t.join()
+        finally:
+            out.unlink(missing_ok=True)
+            err.unlink(missing_ok=True)
+        result = CommandResult(stdout="\n".join(stdout), stderr="\n".join(stderr), code=code)
+        if code != 0:
+            raise auto_errors.create_command_error(result)
+        return result
+
+
+def _follow(path: Path, done: threading.Event, callback: OnOutput | None,
+            lines: list[str], poll_s: float = 0.02) -> None:
+    """Read the lines of a file another process writes, until `done` and its end."""
+    tail = ""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        while True:
+            finished = done.is_set()
+            data = f.read()
+            if data:
+                *complete, tail = (tail + data).split("\n")
+                for line in complete:
+                    _emit(line, callback, lines)
+            elif finished:
+                break
+            else:
+                time.sleep(poll_s)
+    if tail:
+        _emit(tail, callback, lines)
+
+
+def _emit(line: str, callback: OnOutput | None, lines: list[str]) -> None:
+    line = line.rstrip()
+    if callback:
+        callback(line)
+    lines.append(line)
+
+
+def _sweep(folder: Path, max_age_s: float = 86400.0) -> None:
+    """Remove engine output files of dstack processes that were killed a day ago or more."""
+    cutoff = time.time() - max_age_s
+    for path in folder.iterdir():
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
 
 
 class Engine:
@@ -89,9 +174,11 @@ class Engine:
         self.home = home
         self.state_dir = home / "state"
         self.backend_url = backend_url or f"file://{self.state_dir}"
+        self.file_state = state_folder(home, backend_url)
         self.work_dir = home / "pulumi" / "project"
         self.pulumi_home = home / "pulumi" / "home"
         self.passphrase_file = home / "secrets" / "pulumi-passphrase"
+        self.output_dir = home / "pulumi" / "output"
         self._command: auto.PulumiCommand | None = None
 
     # -- set-up --------------------------------------------------------------------------
@@ -116,15 +203,18 @@ class Engine:
                 f"the Pulumi engine {PULUMI_VERSION} is not installed in {engine_bin(self.home)}",
                 "Run `make engine` (or `python -m dstack.stacks.engine_install`) to install it.",
             )
-        if self.backend_url.startswith("file://"):
-            private_dir(self.state_dir)
+        if self.file_state:
+            private_dir(self.file_state)
         private_dir(self.pulumi_home)
         private_dir(self.work_dir)
         secret_file(self.passphrase_file)
         project = self.work_dir / "Pulumi.yaml"
         if not project.exists() or project.read_text() != PROJECT_YAML:
             write_private(project, PROJECT_YAML.encode())
-        self._command = _command(engine_root(self.home), PULUMI_VERSION)
+        private_dir(self.output_dir)
+        _sweep(self.output_dir)
+        self._command = _EngineCommand(engine_root(self.home) / "bin" / "pulumi",
+                                       PULUMI_VERSION, self.output_dir)
         return self._command
 
     def _workspace(self, program: Program | None = None) -> auto.LocalWorkspace:
@@ -180,10 +270,23 @@ class Engine:
         with _translated(name, "remove"):
             self._workspace().remove_stack(name)
 
+    def clear_stale_locks(self) -> list[str]:
+        """Locks of dead engines of this host in a `file://` backend, removed after their
+        checkpoints are repaired; their stacks. Locks in a bucket are left to `pulumi cancel`."""
+        return clear_stale_locks(self.file_state, PROJECT_NAME) if self.file_state else []
+
     def list_stacks(self) -> list[StackInfo]:
         """Every stack of the project in the backend."""
-        with _translated("*", "list"):
-            summaries = self._workspace().list_stacks()
+        try:
+            with _translated("*", "list"):
+                summaries = self._workspace().list_stacks()
+        except BackendError as exc:
+            broken = unreadable_stacks(self.file_state, PROJECT_NAME) if self.file_state else []
+            if broken:
+                exc.hint = (f"These state files do not load: {', '.join(map(str, broken))}. "
+                            "Each has its previous checkpoint beside it (.bak); restore that "
+                            "or move the file away, then run `dstack gc` again.")
+            raise
         return [
             StackInfo(
                 name=s.name.rsplit("/", 1)[-1],

@@ -37,14 +37,6 @@ SDK_MODULE = "github.com/pulumi/pulumi/sdk/v3"
 OFFICIAL_TIMEOUT_S = 60
 LAUNCHER_NAME = "pulumi-resource-pulumi-python"
 LAUNCHER = '#!/bin/sh\nexec "${PULUMI_PYTHON_CMD:-python3}" -u -m pulumi.dynamic "$@"\n'
-SESSION_NAME = "pulumi-own-session"
-SESSION_LAUNCHER = """#!/bin/sh
-# Starts the engine in a session of its own, so that a Ctrl-C meant for dstack does not
-# reach it in the middle of an update: dstack finishes or tears down the stack itself.
-engine="$(dirname "$0")/pulumi"
-if command -v setsid >/dev/null 2>&1; then exec setsid "$engine" "$@"; fi
-exec "$engine" "$@"
-"""
 
 
 def engine_root(home: Path | None = None, version: str = PULUMI_VERSION) -> Path:
@@ -93,15 +85,13 @@ def is_installed(home: Path | None = None, version: str = PULUMI_VERSION,
 
 
 def write_launcher(bin_dir: Path) -> None:
-    """Put the dynamic-provider launcher beside the engine unless one is already there, and
-    the own-session launcher dstack runs the engine through."""
-    for name, text in ((LAUNCHER_NAME, LAUNCHER), (SESSION_NAME, SESSION_LAUNCHER)):
-        path = bin_dir / name
-        if not path.exists():
-            tmp = bin_dir / f".{name}.{os.getpid()}.tmp"
-            tmp.write_text(text)
-            tmp.chmod(0o755)
-            os.replace(tmp, path)
+    """Put the dynamic-provider launcher beside the engine unless one is already there."""
+    path = bin_dir / LAUNCHER_NAME
+    if not path.exists():
+        tmp = bin_dir / f".{LAUNCHER_NAME}.{os.getpid()}.tmp"
+        tmp.write_text(LAUNCHER)
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
 
 
 def _say(msg: str) -> None:

@@ -7,11 +7,7 @@ dynamic resources. Destroying the run stack stops the runner if it still runs.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
-import os
-import signal
 import socket
 import sys
 from functools import cached_property
@@ -24,9 +20,10 @@ from dstack.errors import UsageError
 from dstack.home import private_dir
 from dstack.job import Job
 from dstack.machine import docker_engine_available, local_gpus
-from dstack.procs import process_alive, session_members
+from dstack.procs import process_alive
 from dstack.profiles import Profile, store_url
 from dstack.runs import RunRecord, run_stack_name
+from dstack.stacks.file_state import PROJECT_NAME, clear_stale_locks, state_folder
 from dstack.store import LocalStore, Store
 
 if TYPE_CHECKING:
@@ -158,25 +155,9 @@ class LocalBackend:
         return process_alive(int(pid), run.instance.get("start_ticks"))
 
     def clear_stale_locks(self) -> list[str]:
-        """Remove file-backend locks whose engine process is gone; return their stacks."""
-        if not self.engine.backend_url.startswith("file://"):
-            return []
-        locks = Path(self.engine.backend_url[len("file://"):]) / ".pulumi" / "locks"
-        cleared = []
-        for lock in locks.rglob("*.json") if locks.is_dir() else []:
-            try:
-                info = json.loads(lock.read_text())
-            except (OSError, ValueError):
-                continue
-            pid, host = info.get("pid"), info.get("hostname")
-            if host == socket.gethostname() and pid and not process_alive(int(pid), None):
-                # The engine runs as the leader of its own session: what is left in that
-                # session (its plugins, e.g. the dynamic provider) died with it in spirit.
-                for member in session_members(int(pid)):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(member, signal.SIGKILL)
-                lock.unlink(missing_ok=True)
-                cleared.append(lock.parent.name)
-        return cleared
+        """Remove file-backend locks whose engine process is gone (repairing the checkpoint
+        it may have been saving); return their stacks."""
+        folder = state_folder(self.home, self.profile.state_url)  # without importing pulumi
+        return clear_stale_locks(folder, PROJECT_NAME) if folder else []
 
 

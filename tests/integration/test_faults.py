@@ -8,12 +8,15 @@ status that says what happened (or, when its job still runs, it goes on as a det
 that `dstack stop` ends cleanly), and no lock of a dead engine remains.
 
 The engine when its CLI dies: dstack starts the engine in a session of its own (so a Ctrl-C
-reaches dstack, not the engine), but the program of an Automation-API stack runs inside the
-CLI's process. Killed, the CLI takes the program with it: the engine cannot finish the update
-and ends, at worst killed by SIGPIPE on its output, keeping its lock and leaving its plugin
-processes behind. The behaviour tested here: the engine does not outlive its CLI for long;
-the next dstack command clears a lock only once the engine that holds it is gone, kills
-what that engine left, destroys what the stack holds and ends the run `failed`, saying why.
+reaches dstack, not the engine) with its output going to files (a pipe to a dead CLI would
+kill it with SIGPIPE in the middle of saving a checkpoint), but the program of an
+Automation-API stack runs inside the CLI's process. Killed, the CLI takes the program with
+it: the engine cannot finish the update, records it as failed and ends. The behaviour tested
+here: the engine does not outlive its CLI for long; the next dstack command clears a lock
+only once the engine that holds it is gone, repairs the checkpoint a killed engine was
+saving, kills what that engine left, destroys what the stack holds and ends the run
+`failed`, saying why. A stack that still cannot be destroyed is reported, and blocks no
+other command.
 """
 
 from __future__ import annotations
@@ -233,6 +236,10 @@ def test_cli_killed_while_the_engine_brings_the_stack_up(
 
     run = _kill_cli_when(dstack, tmp_path, ["quick"], when)
     _settle(dstack)
+    # The engine ended the update on its own terms: it is in the stack's history.
+    history = json.loads(dstack.pulumi("stack", "history", "--stack", f"run-{run}",
+                                       "--json").stdout)
+    assert [u["kind"] for u in history] == ["update"], history
     record = _ps_then_gc(dstack, run)
     if record["status"] == "done":  # the runner had started: its job ran to its end
         assert dstack.artifact(run, "out/q.txt").read_text() == "quick\n"
@@ -477,6 +484,62 @@ def test_a_lock_held_by_a_live_process_is_never_removed(dstack: Dstack) -> None:
     proc = dstack("gc", timeout=60)
     assert f"cleared a stale lock on stack run-{run}" in proc.stderr
     assert not lock.exists()
+    _ps_then_gc(dstack, run)
+
+
+@pytest.mark.timeout(240)
+def test_a_checkpoint_cut_short_by_a_killed_engine_is_repaired_by_the_next_command(
+        dstack: Dstack) -> None:
+    """An engine killed (SIGKILL, out of memory) after rewriting a checkpoint's sidecar and
+    before renaming the new checkpoint into place leaves its lock, that checkpoint as a temp
+    file and an empty sidecar: the files of the CI failure that prompted the repair. Pulumi
+    alone then refuses the stack; the next command commits what the engine was saving and
+    destroys everything it records."""
+    run = _finished_detached(dstack)
+    current = dstack.stack_files()[f"run-{run}"]
+    saving = json.loads(current.read_text())
+    saved = json.loads(current.read_text())
+    latest = saved["checkpoint"]["latest"]
+    latest["resources"] = [r for r in latest["resources"] if "RunnerProcess" not in r["type"]]
+    current.write_text(json.dumps(saved))
+    tmp = current.with_name(f"{current.name}.18eb90867dfd7da7.tmp")
+    tmp.write_text(json.dumps(saving))
+    Path(f"{current}.attrs").write_text("")
+    lock = _plant_lock(dstack.home, run, _dead_pid())
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        dstack.pulumi("stack", "export", "--stack", f"run-{run}")
+    assert "failed to load checkpoint" in refused.value.stderr
+    proc = dstack("ps", timeout=60)
+    # Both resources: the runner too, which only the temp checkpoint recorded.
+    assert f"destroyed stack run-{run} (2 resource(s))" in proc.stderr, proc.stderr
+    assert not lock.exists() and not tmp.exists()
+    _ps_then_gc(dstack, run)
+
+
+@pytest.mark.timeout(240)
+def test_a_stack_that_cannot_be_destroyed_does_not_block_other_commands(
+        dstack: Dstack) -> None:
+    run = _finished_detached(dstack)
+    current = dstack.stack_files()[f"run-{run}"]
+    sound = current.read_bytes()
+    current.write_text('{"version": 3, "checkpoint": ')  # no lock: no engine died saving it
+    try:
+        proc = dstack("ps", "-a", timeout=60)
+        assert f"could not destroy the stack of run {run} now" in proc.stderr
+        assert "`dstack gc` tries again" in proc.stderr
+        assert run in proc.stdout
+        other = dstack("run", "quick", timeout=120)
+        assert "run done (exit code 0)" in other.stdout
+        # gc names the run, and the file Pulumi cannot list the stacks past.
+        proc = dstack("gc", timeout=60, expect=1)
+        assert f"could not destroy the stack of run {run} now" in proc.stderr
+        assert f"These state files do not load: {current}." in proc.stderr
+        assert f"gc could not destroy the stack of 1 run(s): {run} or list the stacks" \
+            in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert dstack.record(run)["torn_down"] is False
+    finally:
+        current.write_bytes(sound)
     _ps_then_gc(dstack, run)
 
 
