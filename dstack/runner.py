@@ -79,7 +79,7 @@ class Runner:
         self.cache = cache
         self.host = host
         self.repo = workdir / "repo"
-        self.log = LogShipper(store, run.name, workdir / "job.log")
+        self.log = LogShipper(store, run.name, workdir / "job.log", eager_s=SYNC_EVERY_S)
         self.proc: subprocess.Popen[bytes] | None = None
         self._term = threading.Event()
         self.aborted_during_stop = False

@@ -7,8 +7,10 @@ runs and once more at its end. Logs are shipped as numbered chunks
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -117,16 +119,24 @@ class ArtifactSync:
 
 
 class LogShipper:
-    """Collects a job's output and ships it to the store in numbered chunks."""
+    """Collects a job's output and ships it to the store in numbered chunks.
 
-    def __init__(self, store: Store, run: str, local_copy: Path | None = None) -> None:
+    With `eager_s`, output that comes after a quiet spell of at least `eager_s` is shipped at
+    once by `write` (the first line of a job reaches its follower without waiting for the next
+    periodic `flush`); steady output still goes in chunks, at most one per `eager_s`.
+    """
+
+    def __init__(self, store: Store, run: str, local_copy: Path | None = None,
+                 eager_s: float | None = None) -> None:
         self.store = store
         self.prefix = f"runs/{run}/logs/"
         self.local_copy = local_copy
+        self.eager_s = eager_s
         self._buf = bytearray()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._seq = len(store.list(self.prefix))
+        self._last_ship = 0.0
 
     def hide(self, values: list[str]) -> None:
         """Mask these (secret) values wherever they appear in the output from now on."""
@@ -141,6 +151,9 @@ class LogShipper:
         if self.local_copy is not None:
             with open(self.local_copy, "ab") as f:
                 f.write(data)
+        if self.eager_s is not None and time.monotonic() - self._last_ship >= self.eager_s:
+            with contextlib.suppress(StoreError):  # the next periodic flush retries, and says
+                self.flush()
 
     def say(self, line: str) -> None:
         """A line from dstack itself in the run's log."""
@@ -160,6 +173,7 @@ class LogShipper:
                     self._buf[:0] = data
                 raise
             self._seq += 1
+            self._last_ship = time.monotonic()
 
 
 def read_log_chunks(store: Store, run: str, start: int = 0) -> tuple[bytes, int]:
