@@ -51,12 +51,8 @@ def print_json(doc: Any) -> None:
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """A plain aligned table to stdout (fast for tens of thousands of rows)."""
-    widths = [len(c) for c in columns]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-              for row in rows]
-    sys.stdout.write("\n".join(lines) + "\n")
+    cells = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    widths = [max([len(c), *map(len, col)]) for c, col in zip(columns, cells, strict=True)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths).format
+    sys.stdout.write("\n".join(line(*row).rstrip() for row in [columns, *rows]) + "\n")
     sys.stdout.flush()

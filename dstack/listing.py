@@ -1,10 +1,10 @@
 """Listing runs and tags fast, with a cache in the dstack home.
 
-A run that finished and whose stack is torn down no longer changes, so its document is
-cached and not read again; only runs still in progress are read each time. Tags are cached
-by the store's version token of each tag document. The store stays the truth: a run or tag
-that disappears from it disappears from the listing, and the cache can be deleted at any
-time.
+A run that finished and whose stack is torn down no longer changes, so the fields of its
+document that listings show (`LISTED`) are cached and it is not read again; only runs still
+in progress are read each time. Tags are cached by the store's version token of each tag
+document. The store stays the truth: a run or tag that disappears from it disappears from
+the listing, and the cache can be deleted at any time. A process loads the cache once.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from dstack.runs import TERMINAL, run_key
 from dstack.store import Store
 
 _FINAL = {s.value for s in TERMINAL}
+LISTED = ("name", "workflow", "provider", "status", "submitted_at", "started_at",
+          "finished_at", "backend", "exit_code", "message", "torn_down")
+"""The fields of a settled run that listings read (and `job.artifacts`, as paths)."""
+_loaded: dict[Path, dict[str, Any]] = {}
 
 
 def settled(doc: dict[str, Any]) -> bool:
@@ -29,22 +33,35 @@ def settled(doc: dict[str, Any]) -> bool:
 
 def _load(path: Path | None, store: Store) -> dict[str, Any]:
     """The cache of `store` (empty when missing, unreadable or of another store)."""
-    if path is None or not path.exists():
+    if path is None:
         return {}
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) and doc.get("store") == store.url else {}
+    if path not in _loaded:
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            doc = {}
+        _loaded[path] = doc if isinstance(doc, dict) and doc.get("version") == 2 else {}
+    doc = _loaded[path]
+    return doc if doc.get("store") == store.url else {}
 
 
 def _save(path: Path | None, doc: dict[str, Any]) -> None:
     if path is not None:
         write_private(path, json.dumps(doc, separators=(",", ":")).encode())
+        _loaded[path] = doc
+
+
+def _listed(doc: dict[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of a settled run's document."""
+    out = {k: doc.get(k) for k in LISTED}
+    out["job"] = {"artifacts": [{"path": a.get("path")}
+                                for a in (doc.get("job") or {}).get("artifacts") or []]}
+    return out
 
 
 def run_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
-    """Every run document, newest first (settled ones from the cache)."""
+    """Every run document, newest first; with a cache, settled runs have only the `LISTED`
+    fields (read the run itself for more)."""
     whole = _load(cache, store)
     cached: dict[str, Any] = whole.get("runs", {})
     fresh: dict[str, Any] = {}
@@ -56,10 +73,12 @@ def run_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
                 doc = store.get_json(run_key(name))
             except (NotFoundError, StoreError):
                 continue
-            dirty = True
+            if cache is not None and settled(doc):
+                doc = _listed(doc)
+                dirty = True
         fresh[name] = doc
-    if dirty or len(fresh) != len(cached):
-        _save(cache, {"version": 1, "store": store.url, "tags": whole.get("tags", {}),
+    if dirty or len([n for n in cached if n in fresh]) != len(cached):
+        _save(cache, {"version": 2, "store": store.url, "tags": whole.get("tags", {}),
                       "runs": {n: d for n, d in fresh.items() if settled(d)}})
     return sorted(fresh.values(), key=lambda d: str(d.get("submitted_at", "")), reverse=True)
 
@@ -82,7 +101,7 @@ def tag_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
             dirty = True
         fresh[key] = entry
     if dirty or len(fresh) != len(cached):
-        whole.update(version=1, store=store.url, tags=fresh)
+        whole = {**whole, "version": 2, "store": store.url, "tags": fresh}
         whole.setdefault("runs", {})
         _save(cache, whole)
     docs = [e["doc"] for e in fresh.values()]

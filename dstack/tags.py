@@ -25,7 +25,7 @@ RESERVED = {"latest"}
 class Tag(BaseModel):
     """The document `tags/<tag>.json`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     version: int = 1
     name: str
     run: str
@@ -115,7 +115,7 @@ def latest_run(store: Store, workflow: str, cache: Path | None = None) -> RunRec
     """The newest successful run of `workflow`."""
     for doc in run_docs(store, cache):
         if doc.get("workflow") == workflow and doc.get("status") == Status.DONE.value:
-            return RunRecord.model_validate(doc)
+            return load_run(store, str(doc["name"]))
     return None
 
 
