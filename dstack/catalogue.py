@@ -58,7 +58,7 @@ class NoOfferError(UsageError):
 class CatalogueModel(BaseModel):
     """Base of the catalogue models: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Gpu(CatalogueModel):

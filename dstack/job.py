@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class ArtifactPath(BaseModel):
     """A folder or file of the working dir that is saved to the store."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     path: str = Field(description="Path relative to the job's working dir.")
     mount: bool = Field(False, description="Synced continuously (every artifact is).")
 
@@ -21,7 +21,7 @@ class ArtifactPath(BaseModel):
 class AppPort(BaseModel):
     """A port the job serves an app on; the runner assigns it and waits until it answers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     name: str = Field(description="What the app is (streamlit, lab, ...).")
     index: int = Field(0, description="Which of the job's ports (PORT_<index>).")
     url_path: str = Field("/", description="Path and query appended to the app's base URL.")
@@ -31,7 +31,7 @@ class AppPort(BaseModel):
 class Job(BaseModel):
     """Everything the runner needs to execute one run's job."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     provider: str
     setup: list[str] = Field(default_factory=list, description="Shell lines run first.")
@@ -64,7 +64,7 @@ class Job(BaseModel):
 class JobParts(BaseModel):
     """What a provider contributes to a job: its command, ports and apps."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     setup: list[str] = Field(default_factory=list)
     shell: list[str] = Field(default_factory=list)
     argv: list[str] = Field(default_factory=list)

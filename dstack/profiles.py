@@ -23,7 +23,7 @@ PROFILE_NAME = r"^[a-z][a-z0-9-]{0,39}$"
 class Profile(BaseModel):
     """A named place to run: a backend and its settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     name: str
     backend: str = Field(description="local, aws or gcp.")
     state_url: str | None = Field(None, description="Pulumi state backend URL.")

@@ -52,7 +52,7 @@ def now() -> str:
 class App(BaseModel):
     """An app the job serves, once its port answers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     name: str
     port: int
     url: str
@@ -61,7 +61,7 @@ class App(BaseModel):
 class RunRecord(BaseModel):
     """The document `runs/<run>/run.json`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     version: int = Field(SCHEMA_VERSION, description="Schema version of this document.")
     name: str

@@ -52,7 +52,7 @@ MAX_NAME = 100
 class SpecModel(BaseModel):
     """Base of every spec model: unknown keys are errors; fields take their alias or name."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
 
 def _workflow_name(name: str) -> str:
