@@ -226,10 +226,11 @@ def measure(cfg: Config) -> Section:
                     ["S3: ArtifactSync", *(fmt(s) for s in s3["dstack"])],
                     ["S3: boto3 upload_file", *(fmt(s) for s in s3["boto3"])]])
         sec.notes.append(
-            f"S3 passes moved {s3_total / MIB:.0f} MiB each; ArtifactSync's S3 path also "
-            f"reads each file once more to record its SHA-256 (the store's integrity check), "
-            f"the boto3 baseline does not. moto shares the machine's {os.cpu_count()} cores "
-            f"with the client.")
+            f"S3 passes moved {s3_total / MIB:.0f} MiB each. ArtifactSync records each "
+            f"file's SHA-256 (the store's integrity check): a file under the multipart "
+            f"threshold is read once and sent in one PUT, a larger one is read once more to "
+            f"hash it before its multipart upload; the boto3 baseline hashes nothing. moto "
+            f"shares the machine's {os.cpu_count()} cores with the client.")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     freshness.measure(cfg, sec)

@@ -224,8 +224,14 @@ class S3Store(Store):
             return self._get(key)[0]
 
     def put_file(self, key: str, path: Path) -> None:
+        """A file below the multipart threshold is read once, hashed and sent in one PUT; a
+        larger one is hashed, then sent by the transfer manager in concurrent parts."""
         full = self._key(key)
-        digest = _sha256_file(path)  # FileNotFoundError passes through (sync.py relies on it)
+        # FileNotFoundError passes through (sync.py relies on it)
+        if path.stat().st_size < MULTIPART_THRESHOLD:
+            self.put_bytes(key, path.read_bytes())
+            return
+        digest = _sha256_file(path)
         with self._errors(key, "upload"):
             self.client.upload_file(str(path), self.bucket, full, Config=self.transfer,
                                     ExtraArgs={"Metadata": {SHA_FIELD: digest}})
