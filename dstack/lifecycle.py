@@ -32,8 +32,15 @@ from dstack.interrupts import Deferred, deferred_sigint
 from dstack.listing import run_docs, settled
 from dstack.procs import process_alive, process_start_ticks
 from dstack.profiles import Profile, get_profile, store_url
-from dstack.runner import heartbeat_key, stop_key
-from dstack.runs import RunRecord, Status, load_run, run_stack_name, update_run
+from dstack.runs import (
+    RunRecord,
+    Status,
+    heartbeat_key,
+    load_run,
+    run_stack_name,
+    stop_key,
+    update_run,
+)
 from dstack.store import Store, open_store
 from dstack.sync import read_log_chunks
 

@@ -28,7 +28,16 @@ from dstack.archive import extract_archive, safe_join
 from dstack.errors import DstackError, StoreError
 from dstack.jobscript import render_job_script
 from dstack.pyenv import python_env
-from dstack.runs import App, RunRecord, Status, load_run, now, update_run
+from dstack.runs import (
+    App,
+    RunRecord,
+    Status,
+    heartbeat_key,
+    load_run,
+    now,
+    stop_key,
+    update_run,
+)
 from dstack.secrets import load_secrets
 from dstack.store import Store, open_store
 from dstack.sync import ArtifactSync, LogShipper, artifact_prefix
@@ -40,11 +49,6 @@ STOP_GRACE_S = 10.0
 HEARTBEAT_EVERY_S = 15.0
 
 
-def stop_key(run: str) -> str:
-    """Store key of a run's stop request."""
-    return f"runs/{run}/stop.json"
-
-
 def job_ports(count: int) -> list[int]:
     """The job's ports: the fixed ones a cloud firewall opens (`DSTACK_APP_PORTS`), else free
     ports of this machine."""
@@ -54,11 +58,6 @@ def job_ports(count: int) -> list[int]:
             raise DstackError(f"the job needs {count} ports; the instance opened {len(fixed)}")
         return fixed[:count]
     return [free_port() for _ in range(count)]
-
-
-def heartbeat_key(run: str) -> str:
-    """Store key of the runner's heartbeat (how a cloud run shows it is alive)."""
-    return f"runs/{run}/heartbeat.json"
 
 
 def free_port() -> int:

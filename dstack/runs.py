@@ -114,6 +114,16 @@ def run_key(name: str) -> str:
     return f"runs/{name}/run.json"
 
 
+def heartbeat_key(run: str) -> str:
+    """Store key of the runner's heartbeat (how a cloud run shows it is alive)."""
+    return f"runs/{run}/heartbeat.json"
+
+
+def stop_key(run: str) -> str:
+    """Store key of a run's stop request."""
+    return f"runs/{run}/stop.json"
+
+
 def create_run(store: Store, make: Any) -> RunRecord:
     """Claim a fresh run name and store the record `make(name)` under it, atomically."""
     for attempt, name in enumerate(run_name_candidates()):
