@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP) engine
 	bash scripts/gcs-emulator.sh install
+	@# Byte-code for the editable sources, so that start-up does not compile them even where
+	@# PYTHONDONTWRITEBYTECODE is set (every dstack command and engine plugin imports them).
+	$(BIN)/python -m compileall -q dstack stacks providers cli
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
