@@ -73,9 +73,10 @@ def main() -> None:
         cut = argv.index("--", argv.index("run"))
         argv, output.state.after_dashes = argv[:cut], argv[cut + 1:]
     try:
-        from dstack.cli import provider_help  # `dstack run NAME --help`: the provider's fields
-
-        if provider_help.wants_run_help(argv):
+        provider_help = None
+        if "run" in argv and ("--help" in argv or "-h" in argv):  # imported only then
+            from dstack.cli import provider_help  # `dstack run NAME --help`: its fields
+        if provider_help is not None and provider_help.wants_run_help(argv):
             rv = provider_help.print_run_help(app, argv)
         else:
             rv = app(args=argv, standalone_mode=False)
