@@ -1,10 +1,27 @@
-"""What this machine has: GPUs and a Docker engine, for the local backend's checks."""
+"""What this machine has: CPUs, memory, GPUs and a Docker engine, for the local backend's
+checks."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+
+
+def local_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def local_memory() -> int | None:
+    """Physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def local_gpus() -> list[str]:

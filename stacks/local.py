@@ -19,10 +19,11 @@ from dstack.bootstrap import render_bootstrap
 from dstack.errors import UsageError
 from dstack.home import private_dir
 from dstack.job import Job
-from dstack.machine import docker_engine_available, local_gpus
+from dstack.machine import docker_engine_available, local_cpus, local_gpus, local_memory
 from dstack.procs import process_alive
 from dstack.profiles import Profile, store_url
 from dstack.runs import RunRecord, run_stack_name
+from dstack.sizes import format_size
 from dstack.stacks.file_state import PROJECT_NAME, clear_stale_locks, state_folder
 from dstack.store import LocalStore, Store
 
@@ -81,6 +82,16 @@ class LocalBackend:
 
     def check_resources(self, job: Job) -> None:
         """Refuse, before anything is created, a job this machine cannot run."""
+        hint = ("Ask for less (`--cpu N`, `--memory SIZE`), or run it with `--profile` naming "
+                "a cloud profile (`dstack config add aws|gcp ...`).")
+        cpu = job.resources.get("cpu")
+        if isinstance(cpu, int) and cpu > local_cpus():
+            raise UsageError(f"the job asks for {cpu} CPUs; this machine has {local_cpus()}",
+                             hint)
+        memory, have = job.resources.get("memory"), local_memory()
+        if isinstance(memory, int) and have is not None and memory > have:
+            raise UsageError(f"the job asks for {memory / 1e9:,.1f} GB of memory; this machine "
+                             f"has {have / 1e9:,.1f} GB ({format_size(have)})", hint)
         gpu = job.resources.get("gpu")
         wanted = int(gpu.get("count", 0)) if isinstance(gpu, dict) else 0
         if wanted:
