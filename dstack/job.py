@@ -53,6 +53,8 @@ class Job(BaseModel):
     token: str | None = Field(None, description="Access token of an IDE-like app.")
     resources: dict[str, object] = Field(default_factory=dict)
     needs_docker: bool = False
+    needs_secrets: list[str] = Field(default_factory=list,
+                                     description="Profile secrets the job cannot run without.")
 
     def redacted(self) -> dict[str, object]:
         """The job as JSON, with the values of secret variables hidden."""
@@ -78,3 +80,7 @@ class JobParts(BaseModel):
         default_factory=dict,
         description="Variables the job's own lines read but never show, e.g. a registry "
                     "password: merged into the job's env and listed in `Job.secret_env`.")
+    needs_secrets: list[str] = Field(
+        default_factory=list,
+        description="Profile secrets the job's own lines read (every secret is in the job's "
+                    "environment): a run is refused when one is missing.")

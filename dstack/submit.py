@@ -24,6 +24,7 @@ from dstack.names import did_you_mean
 from dstack.packaging import package_code
 from dstack.provider_registry import PROVIDERS, provider_params
 from dstack.runs import RunRecord, create_run, run_stack_name
+from dstack.secrets import list_secrets
 from dstack.spec import DepRef, Workflow
 from dstack.spec_loader import check_workflow, load_workflows, validate_workflow
 from dstack.spec_problems import format_path
@@ -159,6 +160,7 @@ def make_job(wf: Workflow, args: list[str], outer_env: Mapping[str, str]) -> Job
         token=token,
         resources=wf.resources.model_dump(mode="json", exclude_none=True),
         needs_docker=parts.needs_docker,
+        needs_secrets=parts.needs_secrets,
     )
 
 
@@ -183,6 +185,12 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
                              f"Choose another tag, or delete it first: "
                              f"`dstack tags delete {opts.tag}`.")
     job = make_job(wf, args, os.environ)
+    missing = sorted(set(job.needs_secrets) - set(list_secrets(ctx.store)))
+    if missing:
+        raise UsageError(f"workflow {name} needs the secret(s) {', '.join(missing)}, which "
+                         f"profile {ctx.profile.name} does not have",
+                         f"Add it: `dstack secrets add {missing[0]}` (the value is asked "
+                         "for without echo).")
     ctx.backend.check_resources(job)
     deps = []
     for ref in wf.depends_on:

@@ -10,7 +10,7 @@ command line), each port is published on the same number, bound to the run's add
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dstack.errors import UsageError
 from dstack.job import AppPort, JobParts
@@ -26,10 +26,24 @@ _SHELLS = {"sh", "bash", "dash", "ash", "zsh"}
 
 
 class RegistryAuth(SpecModel):
-    """Credentials of a private container registry."""
+    """Credentials of a private container registry: the password itself, or the name of a
+    profile secret that holds it (then it is in no workflow file and no run record)."""
 
     username: str = Field(min_length=1, description="Registry user name.")
-    password: str = Field(min_length=1, description="Registry password or token.")
+    password: str | None = Field(None, min_length=1,
+                                 description="Registry password or token (kept in the run's "
+                                             "record; prefer `password_secret`).")
+    password_secret: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="Name of the profile secret (`dstack secrets add NAME`) holding the "
+                    "password.")
+
+    @model_validator(mode="after")
+    def _one_password(self) -> RegistryAuth:
+        if (self.password is None) == (self.password_secret is None):
+            raise ValueError("give exactly one of `password` and `password_secret` (the name "
+                             "of a secret added with `dstack secrets add NAME`)")
+        return self
 
 
 class Params(SpecModel):
@@ -62,12 +76,17 @@ class Params(SpecModel):
         """`docker run` of the image (after a registry login when `registry_auth` is set)."""
         setup: list[str] = []
         secret: dict[str, str] = {}
-        if self.registry_auth is not None:
-            setup = login_lines(self.image, self.registry_auth.username)
-            secret = {PASSWORD_VAR: self.registry_auth.password}
+        needs: list[str] = []
+        auth = self.registry_auth
+        if auth is not None:
+            var = auth.password_secret or PASSWORD_VAR
+            setup = login_lines(self.image, auth.username, var)
+            secret = {PASSWORD_VAR: auth.password} if auth.password is not None else {}
+            needs = [auth.password_secret] if auth.password_secret else []
         apps = [AppPort(name=f"port {i}", index=i) for i in range(self.ports)]
         return JobParts(setup=setup, shell=[shell_line("exec", *self.docker_run())],
-                        ports=self.ports, apps=apps, needs_docker=True, secret_env=secret)
+                        ports=self.ports, apps=apps, needs_docker=True, secret_env=secret,
+                        needs_secrets=needs)
 
     def docker_run(self) -> list[Word]:
         """The words of the `docker run` command line."""
@@ -112,8 +131,9 @@ def registry_of(image: str) -> str | None:
     return None
 
 
-def login_lines(image: str, username: str) -> list[str]:
-    """Log in with the password from the environment, pull, then forget the credentials.
+def login_lines(image: str, username: str, var: str = PASSWORD_VAR) -> list[str]:
+    """Log in with the password from the environment variable `var`, pull, then forget the
+    credentials.
 
     The password reaches `docker login` on its standard input from `printf`, a shell
     builtin, so it is on no command line; the credentials live in a private, temporary
@@ -126,8 +146,8 @@ def login_lines(image: str, username: str) -> list[str]:
         'DOCKER_CONFIG="$(mktemp -d)"',
         "export DOCKER_CONFIG",
         "trap 'rm -rf \"$DOCKER_CONFIG\"' EXIT",
-        f"printf '%s' \"${PASSWORD_VAR}\" | " + shell_line(*login),
-        f"unset {PASSWORD_VAR}",
+        f"printf '%s' \"${var}\" | " + shell_line(*login),
+        f"unset {var}",
         shell_line("docker", "pull", image),
         'rm -rf "$DOCKER_CONFIG"',
         "trap - EXIT",

@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from dstack.errors import UsageError
+from dstack.errors import SpecError, UsageError
 from dstack.job import Job
 from dstack.jobscript import render_job_script
 from dstack.lifecycle import Context
 from dstack.provider_registry import PROVIDERS, provider_params
 from dstack.providers import docker
 from dstack.providers.apps import OPENVSCODE_SHA256, OPENVSCODE_VERSION, CodeParams
+from dstack.secrets import add_secret
 from dstack.spec import validate_workflow
 from dstack.submit import RunOptions, make_job, plan_run
 
@@ -184,6 +185,37 @@ def test_docker_registry_login_keeps_the_password_off_every_command_line(
     assert f"-e {docker.PASSWORD_VAR}" not in " ".join(run)
 
 
+def test_docker_registry_password_from_a_profile_secret_is_in_no_job_document(
+        tmp_path: Path) -> None:
+    job = job_of({"provider": "docker", "image": "ghcr.io/team/img:1",
+                  "registry_auth": {"username": "me", "password_secret": "GHCR_TOKEN"}})
+    assert job.needs_secrets == ["GHCR_TOKEN"]
+    assert job.secret_env == [] and docker.PASSWORD_VAR not in job.env
+    assert PASSWORD not in job.model_dump_json()
+    bin_dir, rec = sandbox(tmp_path, {"docker": 'if [ "$1" = login ]; then cat > "$REC/stdin";'
+                                                " fi\n"})
+    # The runner puts every profile secret in the job's environment.
+    proc = run_script(job, tmp_path, bin_dir, rec, extra_env={"GHCR_TOKEN": PASSWORD})
+    assert proc.returncode == 0, proc.stderr
+    login, pull, _run = calls(rec)
+    assert pull == ["docker", "pull", "ghcr.io/team/img:1"]
+    assert login == ["docker", "login", "--username", "me", "--password-stdin", "ghcr.io"]
+    assert (rec / "stdin").read_text() == PASSWORD
+    assert all(PASSWORD not in " ".join(argv) for argv in calls(rec))
+    assert "GHCR_TOKEN" not in call_env(rec, 2)  # unset once logged in
+
+
+@pytest.mark.parametrize("auth", [
+    {"username": "me"},
+    {"username": "me", "password": "pw", "password_secret": "TOKEN"},
+    {"username": "me", "password_secret": "not a name"},
+])
+def test_docker_registry_auth_takes_exactly_one_password(auth: dict[str, str]) -> None:
+    with pytest.raises(SpecError) as err:
+        job_of({"provider": "docker", "image": "img", "registry_auth": auth})
+    assert "password" in str(err.value)
+
+
 def test_docker_hub_login_names_no_server() -> None:
     assert docker.registry_of("ubuntu") is None
     assert docker.registry_of("me/img:1") is None
@@ -219,6 +251,26 @@ def test_a_docker_run_is_refused_before_anything_is_created(
         plan_run(ctx, tmp_path, "docker", ["ubuntu"], RunOptions(), after_dashes=["echo", "hi"])
     assert caught.value.exit_code == 2
     assert [p.name for p in home.iterdir()] == []  # no store, no state, no stack
+
+
+def test_a_run_needing_a_missing_secret_is_refused_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("DSTACK_HOME", str(home))
+    monkeypatch.setattr("dstack.stacks.local.docker_engine_available", lambda: False)
+    (tmp_path / ".dstack").mkdir()
+    (tmp_path / ".dstack" / "workflows.yaml").write_text(
+        "workflows:\n  - name: private\n    provider: docker\n    image: ghcr.io/me/img\n"
+        "    registry_auth: {username: me, password_secret: GHCR_TOKEN}\n")
+    ctx = Context.open(None)
+    with pytest.raises(UsageError, match="workflow private needs the secret") as caught:
+        plan_run(ctx, tmp_path, "private", [], RunOptions())
+    assert "GHCR_TOKEN" in caught.value.message and caught.value.exit_code == 2
+    assert caught.value.hint is not None and "dstack secrets add GHCR_TOKEN" in caught.value.hint
+    assert [p.name for p in home.iterdir()] == []
+    add_secret(ctx.store, "GHCR_TOKEN", PASSWORD)
+    with pytest.raises(UsageError, match="needs a Docker engine"):  # the next check
+        plan_run(ctx, tmp_path, "private", [], RunOptions())
 
 
 def test_the_cli_refuses_a_docker_run_without_an_engine(tmp_path: Path) -> None:
