@@ -61,7 +61,10 @@ def download(store: Store, run: str, out_dir: Path, path: str | None = None) -> 
 
 def upload_as_tag(store: Store, tag: str, paths: list[str], root: Path, profile: str,
                   backend: str) -> RunRecord:
-    """Upload local files or folders as the artifacts of a new finished run tagged `tag`."""
+    """Upload local files or folders as the artifacts of a new finished run tagged `tag`.
+
+    When the upload fails, or another upload took the tag meanwhile, the new run is removed.
+    """
     check_tag_name(tag)
     if store.exists(f"tags/{tag}.json"):
         raise UsageError(f"tag {tag!r} already exists",
@@ -86,7 +89,12 @@ def upload_as_tag(store: Store, tag: str, paths: list[str], root: Path, profile:
                          submitter={"pid": os.getpid()})
 
     run = create_run(store, make)
-    ArtifactSync(store, run.name, root, rels).sync()
-    run = update_run(store, run.name, status=Status.DONE.value, exit_code=0)
-    add_tag(store, tag, run)
+    try:
+        ArtifactSync(store, run.name, root, rels).sync()
+        run = update_run(store, run.name, status=Status.DONE.value, exit_code=0)
+        add_tag(store, tag, run)  # the tag's conditional create: one upload of a tag wins
+    except BaseException:
+        # Lost the tag to a concurrent upload, or failed: no untagged upload is left behind.
+        store.delete_prefix(f"runs/{run.name}/")
+        raise
     return run

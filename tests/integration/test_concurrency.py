@@ -188,6 +188,26 @@ def test_the_same_tag_added_at_once_exactly_one_wins(dstack: Dstack, tmp_path: P
     _store_intact(dstack.home)
 
 
+@pytest.mark.timeout(300)
+def test_the_same_tag_uploaded_at_once_leaves_one_run(dstack: Dstack, tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("data\n")
+    before = dstack.run_names()
+    procs = [subprocess.Popen(dstack.argv("tags", "add", "upload", "--artifact", "f.txt"),
+                              cwd=tmp_path, env=dstack.env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = _finish(procs, timeout=120)
+    assert sorted(rc for rc, _, _ in results) == [0, 2, 2, 2], results
+    winner = Tag.model_validate_json(
+        (dstack.home / "store" / "tags" / "upload.json").read_text()).run
+    for rc, _out, err in results:
+        if rc != 0:
+            assert "tag 'upload' already" in err and "Traceback" not in err, err
+    # Exactly one upload run is left, the tagged one, with its file.
+    assert dstack.run_names() - before == {winner}
+    assert dstack.artifact(winner, "f.txt").read_text() == "data\n"
+    _store_intact(dstack.home)
+
+
 def _when_running(dstack: Dstack, before: set[str], count: int) -> list[str]:
     def check() -> list[str] | None:
         new = sorted(dstack.run_names() - before)
