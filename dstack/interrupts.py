@@ -17,21 +17,32 @@ class Deferred:
     count: int = 0
 
 
+_CHAINED = "_dstack_deferred"
+
+
 @contextmanager
 def deferred_sigint(note: Callable[[str], None] | None = None,
                     message: str = "") -> Iterator[Deferred]:
-    """Run the block with SIGINT recorded instead of raised (main thread only)."""
+    """Run the block with SIGINT recorded instead of raised (main thread only).
+
+    Nested inside another deferral, a Ctrl-C counts in both: the outer block still knows
+    that one came (a second Ctrl-C after one during provisioning is a second, not a first).
+    """
     got = Deferred()
     if threading.current_thread() is not threading.main_thread():
         yield got
         return
+    previous = signal.getsignal(signal.SIGINT)
 
-    def handler(_sig: int, _frame: FrameType | None) -> None:
+    def handler(sig: int, frame: FrameType | None) -> None:
         got.count += 1
         if note and message:
             note(message)
+        if getattr(previous, _CHAINED, False):
+            previous(sig, frame)  # type: ignore[operator]
 
-    previous = signal.signal(signal.SIGINT, handler)
+    setattr(handler, _CHAINED, True)
+    signal.signal(signal.SIGINT, handler)
     try:
         yield got
     finally:
