@@ -101,7 +101,7 @@ def provision(ctx: Context, run: RunRecord, say: Say = _quiet) -> RunRecord:
     """
     run = update_run(ctx.store, run.name, status=Status.PROVISIONING.value)
     say(f"provisioning stack {run.stack}")
-    with deferred_sigint() as interrupted:
+    with deferred_sigint(say, "Ctrl-C: the job stops as soon as its stack is up") as interrupted:
         try:
             changes, instance = ctx.backend.provision(run, ctx.backend.bootstrap(run))
             record_update(ctx.store, run.name, "up", changes)

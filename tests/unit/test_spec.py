@@ -422,7 +422,7 @@ def test_provider_fields() -> None:
         ({"provider": "docker"}, '"image" is required'),
         (
             {"provider": "docker", "image": "x", "registry_auth": {"username": "u"}},
-            'registry_auth: "password" is required',
+            "registry_auth: give exactly one of `password` and `password_secret`",
         ),
         ({"provider": "fastapi", "app": "main"}, "module:attribute"),
         ({"provider": "fastapi", "app": "main:app", "uvicorn": {"port": 80}}, "set by dstack"),
