@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
-from dstack.backend import ResourceChange, StackInfo, UpdateRecord
+from dstack.backend import ResourceChange
 from dstack.bootstrap import render_bootstrap
 from dstack.catalogue import Offer, choose_offer
 from dstack.errors import BackendError, UsageError
@@ -38,6 +38,7 @@ from dstack.profiles import Profile
 from dstack.runs import RunRecord, run_stack_name
 from dstack.spec import Resources
 from dstack.stacks.engine import Engine
+from dstack.stacks.run_stacks import RunStacks
 from dstack.store import Store, open_store
 from dstack.wheel import build_wheel
 
@@ -241,7 +242,7 @@ def cloud_bootstrap(run: RunRecord, *, store_url: str, wheel: Wheel, fetch: list
 # -- the shared backend ------------------------------------------------------------------------
 
 
-class CloudBackend:
+class CloudBackend(RunStacks):
     """The operations AWS and GCP do alike; subclasses declare the programs."""
 
     name = "cloud"
@@ -404,23 +405,6 @@ class CloudBackend:
         outputs, changes = self.engine.up(run_stack_name(run.name), self.run_program(cfg))
         return changes, self.instance_info(run, cfg, outputs, self.offer(run.job))
 
-    def teardown(self, run_name: str) -> list[ResourceChange]:
-        """Destroy `run-<name>` (terminating the instance); keep its history."""
-        return self.engine.destroy(run_stack_name(run_name), lambda: None, missing_ok=True)
-
-    def stacks(self) -> list[StackInfo]:
-        """Every stack of the profile's state backend."""
-        return self.engine.list_stacks()
-
-    def history(self, run_name: str) -> list[UpdateRecord]:
-        """The run stack's update history."""
-        return self.engine.history(run_stack_name(run_name))
-
     def runner_alive(self, run: RunRecord) -> bool | None:
         """Unknown: telling would take a cloud API call per run."""
         return None
-
-    def clear_stale_locks(self) -> list[str]:
-        """Locks of dead engines in a local state folder (in a bucket they are left to
-        `pulumi cancel`)."""
-        return self.engine.clear_stale_locks()

@@ -39,7 +39,6 @@ from dstack.stacks.engine_install import (
 )
 from dstack.stacks.file_state import (
     PROJECT_NAME,
-    clear_stale_locks,
     state_folder,
     unreadable_stacks,
 )
@@ -282,11 +281,6 @@ class Engine:
         """Remove stack `name` and its history (only when it holds no resources)."""
         with _translated(name, "remove"):
             self._workspace().remove_stack(name)
-
-    def clear_stale_locks(self) -> list[str]:
-        """Locks of dead engines of this host in a `file://` backend, removed after their
-        checkpoints are repaired; their stacks. Locks in a bucket are left to `pulumi cancel`."""
-        return clear_stale_locks(self.file_state, PROJECT_NAME) if self.file_state else []
 
     def list_stacks(self) -> list[StackInfo]:
         """Every stack of the project in the backend."""

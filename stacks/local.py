@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dstack.backend import ResourceChange, StackInfo, UpdateRecord
+from dstack.backend import ResourceChange
 from dstack.bootstrap import render_bootstrap
 from dstack.errors import UsageError
 from dstack.home import private_dir
@@ -24,14 +24,14 @@ from dstack.procs import process_alive
 from dstack.profiles import Profile, store_url
 from dstack.runs import RunRecord, run_stack_name
 from dstack.sizes import format_size
-from dstack.stacks.file_state import PROJECT_NAME, clear_stale_locks, state_folder
+from dstack.stacks.run_stacks import RunStacks
 from dstack.store import LocalStore, Store
 
 if TYPE_CHECKING:
     from dstack.stacks.engine import Engine
 
 
-class LocalBackend:
+class LocalBackend(RunStacks):
     """Runs jobs as local processes, each inside its own ephemeral Pulumi stack."""
 
     name = "local"
@@ -149,26 +149,8 @@ class LocalBackend:
                     "start_ticks": outputs.get("start_ticks"), "workdir": workdir}
         return changes, instance
 
-    def teardown(self, run_name: str) -> list[ResourceChange]:
-        """Destroy `run-<name>`; a stack that was never created is already torn down."""
-        return self.engine.destroy(run_stack_name(run_name), lambda: None, missing_ok=True)
-
-    def stacks(self) -> list[StackInfo]:
-        return self.engine.list_stacks()
-
-    def history(self, run_name: str) -> list[UpdateRecord]:
-        return self.engine.history(run_stack_name(run_name))
-
     def runner_alive(self, run: RunRecord) -> bool | None:
         pid = run.instance.get("pid")
         if not pid or run.instance.get("host") != socket.gethostname():
             return None
         return process_alive(int(pid), run.instance.get("start_ticks"))
-
-    def clear_stale_locks(self) -> list[str]:
-        """Remove file-backend locks whose engine process is gone (repairing the checkpoint
-        it may have been saving); return their stacks."""
-        folder = state_folder(self.home, self.profile.state_url)  # without importing pulumi
-        return clear_stale_locks(folder, PROJECT_NAME) if folder else []
-
-
