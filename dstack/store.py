@@ -207,37 +207,34 @@ class LocalStore(Store):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def list(self, prefix: str) -> list[str]:
+    def _files(self, prefix: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """(key, entry) of every file under `prefix`, without the leftovers of writes; as in
+        `os.walk`, a linked folder is not entered. One `os.scandir` per folder."""
         base = self.root / prefix if prefix else self.root
-        if not base.is_dir():
-            return []
-        keys = []
-        for dirpath, _dirs, files in os.walk(base):
-            rel = Path(dirpath).relative_to(self.root).as_posix()
-            for name in files:
-                if not (name.startswith(".") and name.endswith((".tmp", ".lock"))):
-                    keys.append(name if rel == "." else f"{rel}/{name}")
-        return sorted(keys)
-
-    def list_versions(self, prefix: str) -> dict[str, str]:
-        out: dict[str, str] = {}
-        base = (self.root / prefix if prefix else self.root).as_posix()
-        rel = base[len(self.root.as_posix()):].strip("/")
-        todo = [(base, rel)]
-        while todo:  # os.scandir: one stat per file, no Path objects (10,000 tags: ~20 ms)
+        todo = [(str(base), base.relative_to(self.root).as_posix())]
+        while todo:
             folder, rel = todo.pop()
             try:
                 entries = list(os.scandir(folder))
-            except (FileNotFoundError, NotADirectoryError):
+            except OSError:
                 continue
             for e in entries:
-                key = f"{rel}/{e.name}" if rel else e.name
-                if e.is_dir(follow_symlinks=False):
-                    todo.append((e.path, key))
+                key = e.name if rel == "." else f"{rel}/{e.name}"
+                if e.is_dir():
+                    if not e.is_symlink():
+                        todo.append((e.path, key))
                 elif not (e.name.startswith(".") and e.name.endswith((".tmp", ".lock"))):
-                    with suppress(FileNotFoundError):
-                        st = e.stat(follow_symlinks=False)
-                        out[key] = f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
+                    yield key, e
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(key for key, _ in self._files(prefix))
+
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for key, e in self._files(prefix):  # 10,000 tags: ~20 ms
+            with suppress(FileNotFoundError):
+                st = e.stat()  # a linked file's version is its target's
+                out[key] = f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
         return dict(sorted(out.items()))
 
     def list_dirs(self, prefix: str) -> list[str]:
