@@ -303,7 +303,8 @@ def gc(ctx: Context, say: Say = _quiet) -> dict[str, list[str]]:
         stacks = ctx.backend.stacks()
     except BackendError as exc:
         say(f"could not look for orphan stacks: {exc}")
-        stacks, failed = [], [*failed, "*"]
+        stacks = []
+        failed.append("*")
     for info in stacks:
         if not info.name.startswith("run-") or info.resource_count == 0:
             continue

@@ -40,6 +40,7 @@ from dstack.stacks.engine_install import (
 from dstack.stacks.file_state import (
     PROJECT_NAME,
     state_folder,
+    state_url,
     unreadable_stacks,
 )
 
@@ -185,8 +186,7 @@ class Engine:
 
     def __init__(self, home: Path, backend_url: str | None = None) -> None:
         self.home = home
-        self.state_dir = home / "state"
-        self.backend_url = backend_url or f"file://{self.state_dir}"
+        self.backend_url = state_url(home, backend_url)
         self.file_state = state_folder(home, backend_url)
         self.work_dir = home / "pulumi" / "project"
         self.pulumi_home = home / "pulumi" / "home"

@@ -27,9 +27,14 @@ PROJECT_NAME = "dstack"
 """The Pulumi project every dstack stack belongs to."""
 
 
+def state_url(home: Path, backend_url: str | None) -> str:
+    """The state backend's URL: the profile's, else a folder under the dstack home."""
+    return backend_url or f"file://{home / 'state'}"
+
+
 def state_folder(home: Path, backend_url: str | None) -> Path | None:
     """The folder of the state backend when it is a local one (the default), else None."""
-    url = backend_url or f"file://{home / 'state'}"
+    url = state_url(home, backend_url)
     return Path(url[len("file://"):]) if url.startswith("file://") else None
 
 
