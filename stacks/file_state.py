@@ -9,6 +9,13 @@ temp file and an empty sidecar, and Pulumi then refuses the stack ("failed to lo
 checkpoint: EOF") until someone repairs it by hand. This module does that repair, only for
 stacks whose lock names a dead engine of this host, and before it removes the lock: no other
 engine can take the stack meanwhile.
+
+The sidecar is also why a live engine could fail another: it is rewritten in place (emptied,
+then filled), so an engine reading the stack at that moment (a second `dstack gc`, `pulumi
+stack ls`) failed with the same EOF. `state_url` therefore opens every file state with
+`metadata=skip`: checkpoints are then written to a temp file and renamed, nothing else, and a
+reader sees the old file or the new one. Sidecars of older states stay and are still read
+(Pulumi uses none of what they hold).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 import signal
 import socket
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
 
 from dstack.procs import process_alive, session_members
 
@@ -27,15 +35,30 @@ PROJECT_NAME = "dstack"
 """The Pulumi project every dstack stack belongs to."""
 
 
+FILE_SCHEME = "file://"
+ATOMIC_WRITES = ("metadata", "skip")
+"""The file backend's query parameter that keeps it from writing sidecars (see above)."""
+
+
 def state_url(home: Path, backend_url: str | None) -> str:
-    """The state backend's URL: the profile's, else a folder under the dstack home."""
-    return backend_url or f"file://{home / 'state'}"
+    """The state backend's URL: the profile's, else a folder under the dstack home; a file
+    state gets `metadata=skip` unless its URL sets `metadata` itself."""
+    url = backend_url or f"{FILE_SCHEME}{home / 'state'}"
+    if not url.startswith(FILE_SCHEME):
+        return url
+    path, _, query = url.partition("?")
+    params = parse_qsl(query, keep_blank_values=True)
+    if not any(key == ATOMIC_WRITES[0] for key, _ in params):
+        params.append(ATOMIC_WRITES)
+    return f"{path}?{urlencode(params)}"
 
 
 def state_folder(home: Path, backend_url: str | None) -> Path | None:
     """The folder of the state backend when it is a local one (the default), else None."""
     url = state_url(home, backend_url)
-    return Path(url[len("file://"):]) if url.startswith("file://") else None
+    if not url.startswith(FILE_SCHEME):
+        return None
+    return Path(url[len(FILE_SCHEME):].partition("?")[0]).expanduser()
 
 
 def clear_stale_locks(state_dir: Path, project: str) -> list[str]:

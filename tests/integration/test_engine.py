@@ -46,12 +46,25 @@ def test_engine_files_are_private_and_state_is_local(home: Path, tmp_path: Path)
     passphrase = home / "secrets" / "pulumi-passphrase"
     assert stat.S_IMODE(passphrase.stat().st_mode) == 0o600
     assert stat.S_IMODE((home / "state").stat().st_mode) == 0o700
-    assert engine.backend_url == f"file://{home / 'state'}"
+    assert engine.backend_url == f"file://{home / 'state'}?metadata=skip"
     secret = passphrase.read_text().strip()
     state_files = list((home / "state").rglob("*.json"))
     assert state_files
     assert all(secret not in p.read_text() for p in state_files)
     engine.destroy("privacy-check", lambda: Folder("f", str(tmp_path / "x")))
+
+
+def test_checkpoints_are_replaced_whole_with_no_sidecar(home: Path, tmp_path: Path) -> None:
+    # A sidecar rewritten in place is what another engine reading the stack at that moment
+    # failed on ("failed to load checkpoint: EOF"): the file state writes none.
+    engine = Engine(home)
+    engine.up("sidecar-check", lambda: Folder("f", str(tmp_path / "x")))
+    engine.destroy("sidecar-check", lambda: Folder("f", str(tmp_path / "x")))
+    written = {p.name for p in (home / "state" / ".pulumi").rglob("*") if p.is_file()}
+    assert "sidecar-check.json" in written
+    assert any(name.startswith("sidecar-check-") for name in written)  # its history
+    assert [name for name in written if name.endswith(".attrs")] == []
+    assert [name for name in written if name.endswith(".tmp")] == []
 
 
 def test_unknown_stack_is_a_dstack_error(home: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dstack.stacks.file_state import clear_stale_locks, repair_stack
+from dstack.stacks.file_state import clear_stale_locks, repair_stack, state_folder, state_url
 
 PROJECT = "dstack"
 
@@ -144,3 +144,21 @@ def test_clearing_a_dead_engines_lock_repairs_its_stack_first(state: Path) -> No
     for stack in ("live", "elsewhere"):
         assert (folder / f"{stack}.json").read_bytes() == checkpoint("A")
         assert (folder / f"{stack}.json.1.tmp").exists()
+
+
+@pytest.mark.parametrize(("given", "url", "folder"), [
+    (None, "file:///h/state?metadata=skip", "/h/state"),
+    ("file:///srv/st", "file:///srv/st?metadata=skip", "/srv/st"),
+    ("file:///srv/st?no_tmp_dir=false", "file:///srv/st?no_tmp_dir=false&metadata=skip",
+     "/srv/st"),
+    ("file:///srv/st?metadata=", "file:///srv/st?metadata=", "/srv/st"),  # the user's choice
+    ("s3://bucket/state?region=eu-west-1", "s3://bucket/state?region=eu-west-1", None),
+])
+def test_a_file_state_is_opened_without_sidecars(given: str | None, url: str,
+                                                 folder: str | None) -> None:
+    assert state_url(Path("/h"), given) == url
+    assert state_folder(Path("/h"), given) == (Path(folder) if folder else None)
+
+
+def test_a_file_state_under_the_user_home_is_found() -> None:
+    assert state_folder(Path("/h"), "file://~/st") == Path.home() / "st"
