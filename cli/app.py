@@ -79,7 +79,9 @@ def main() -> None:
         if provider_help is not None and provider_help.wants_run_help(argv):
             rv = provider_help.print_run_help(app, argv)
         else:
-            rv = app(args=argv, standalone_mode=False)
+            # The name in usage lines is `dstack` however it was started (click would
+            # say `python -m ...` under `python -m`).
+            rv = app(args=argv, prog_name="dstack", standalone_mode=False)
     except DstackError as exc:
         if debug:
             traceback.print_exc()

@@ -41,7 +41,7 @@ def print_run_help(app: typer.Typer, argv: Sequence[str]) -> int:
     command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
     name, project = _target(command, list(argv[list(argv).index("run") + 1:]))
     if name is None:
-        app(args=list(argv), standalone_mode=False)
+        app(args=list(argv), prog_name="dstack", standalone_mode=False)
         _print_catalogue(project)
         return 0
     try:
