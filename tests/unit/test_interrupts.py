@@ -1,46 +1,75 @@
-"""Ctrl-C deferral (`dstack.interrupts.deferred_sigint`), with real SIGINTs to this process."""
+"""Ctrl-C deferral (`dstack.interrupts.deferred_sigint`), with real SIGINTs.
+
+Each case runs in a fresh interpreter: SIGINT handling is process-wide state, and the test
+process holds whatever earlier tests left in it (threads of executors, handlers of
+libraries); in one CI run the plain Ctrl-C after a block raised nothing there, which no
+fresh process reproduced.
+"""
 
 from __future__ import annotations
 
-import os
+import json
 import signal
-import time
-from collections.abc import Callable
+import subprocess
+import sys
+import textwrap
 
-import pytest
-
+PRELUDE = '''
+import json, os, signal, sys, time
 from dstack.interrupts import deferred_sigint
 
-
-def ctrl_c(seen: Callable[[], bool] = lambda: False, timeout_s: float = 5.0) -> None:
-    """SIGINT to this process; return once `seen()` says its handler ran (or it raised).
-
-    Python runs the handler in the main thread at a later check between bytecodes, and
-    when another thread (one an earlier test left) took the signal, that check can come
-    after a fixed sleep has ended: so this waits for the effect, with a deadline.
-    """
+def ctrl_c(seen=lambda: False, timeout_s=5.0):
+    """SIGINT to this process; return once `seen()` says its handler ran (or it raised)."""
     os.kill(os.getpid(), signal.SIGINT)
     deadline = time.monotonic() + timeout_s
     while not seen() and time.monotonic() < deadline:
         time.sleep(0.005)
+'''
+
+
+def run_case(body: str) -> subprocess.CompletedProcess[str]:
+    """Run `body` after the prelude in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
+                          capture_output=True, text=True, timeout=60)
 
 
 def test_a_ctrl_c_in_a_nested_block_counts_in_the_outer_one_too() -> None:
-    notes: list[str] = []
-    with deferred_sigint() as outer:
-        with deferred_sigint(notes.append, "one moment") as inner:
-            ctrl_c(lambda: inner.count > 0)
-        assert (inner.count, outer.count) == (1, 1)
-        assert notes == ["one moment"]
-        ctrl_c(lambda: outer.count > 1)  # after the inner block: the outer one only
-        assert (inner.count, outer.count) == (1, 2)
-    assert notes == ["one moment"]
+    done = run_case('''
+        notes, counts = [], []
+        with deferred_sigint() as outer:
+            with deferred_sigint(notes.append, "one moment") as inner:
+                ctrl_c(lambda: inner.count > 0)
+            counts.append([inner.count, outer.count])
+            ctrl_c(lambda: outer.count > 1)  # after the inner block: the outer one only
+            counts.append([inner.count, outer.count])
+        print(json.dumps({"notes": notes, "counts": counts}))
+    ''')
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"notes": ["one moment"], "counts": [[1, 1], [1, 2]]}
 
 
 def test_the_previous_handler_is_back_after_the_block() -> None:
-    before = signal.getsignal(signal.SIGINT)
-    with deferred_sigint():
-        assert signal.getsignal(signal.SIGINT) is not before
-    assert signal.getsignal(signal.SIGINT) is before
-    with pytest.raises(KeyboardInterrupt):  # Python's own handler again, not chained to
+    done = run_case('''
+        before = signal.getsignal(signal.SIGINT)
+        with deferred_sigint():
+            assert signal.getsignal(signal.SIGINT) is not before
+        assert signal.getsignal(signal.SIGINT) is before
+        try:
+            ctrl_c()  # Python's own handler again, not chained to the deferral's
+        except KeyboardInterrupt:
+            print("raised")
+        else:
+            print("not raised")
+    ''')
+    assert (done.returncode, done.stdout.strip()) == (0, "raised"), done.stderr
+
+
+def test_without_a_block_a_ctrl_c_still_ends_the_process() -> None:
+    done = run_case('''
+        with deferred_sigint():
+            pass
         ctrl_c()
+        print("survived")
+    ''')
+    assert done.returncode == -signal.SIGINT, (done.returncode, done.stdout, done.stderr)
+    assert "survived" not in done.stdout
