@@ -27,12 +27,16 @@ def deferred_sigint(note: Callable[[str], None] | None = None,
 
     Nested inside another deferral, a Ctrl-C counts in both: the outer block still knows
     that one came (a second Ctrl-C after one during provisioning is a second, not a first).
+    Where SIGINT is ignored (as the shell sets it for a background command), it stays so.
     """
     got = Deferred()
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT) \
+        if threading.current_thread() is threading.main_thread() else None
+    if previous is None or previous is signal.SIG_IGN:
+        # Not the main thread (only it can set handlers), or Ctrl-C is ignored: a command
+        # a script started in the background (`dstack run ... &`) keeps it ignored.
         yield got
         return
-    previous = signal.getsignal(signal.SIGINT)
 
     def handler(sig: int, frame: FrameType | None) -> None:
         got.count += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,14 @@ from dstack.home import dstack_home
 from dstack.stacks.engine_install import PULUMI_VERSION, engine_root, is_installed
 
 INSTALLED_HOME = dstack_home()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Run the suite as from a terminal: with SIGINT ignored (a suite a script started in
+    the background, `make test &`), every `dstack` it starts would ignore Ctrl-C too, and
+    the tests of what Ctrl-C does would test the shell."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

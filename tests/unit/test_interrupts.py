@@ -1,9 +1,9 @@
 """Ctrl-C deferral (`dstack.interrupts.deferred_sigint`), with real SIGINTs.
 
-Each case runs in a fresh interpreter: SIGINT handling is process-wide state, and the test
-process holds whatever earlier tests left in it (threads of executors, handlers of
-libraries); in one CI run the plain Ctrl-C after a block raised nothing there, which no
-fresh process reproduced.
+Each case runs in a fresh interpreter started as from a terminal, with SIGINT at its default
+disposition. A command started in the background by a non-interactive shell (`cmd &`, as a
+CI script may start the suite) inherits SIGINT ignored; Python then installs no handler, and
+a case that expects Ctrl-C to raise would test the shell, not dstack.
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ def ctrl_c(seen=lambda: False, timeout_s=5.0):
 '''
 
 
-def run_case(body: str) -> subprocess.CompletedProcess[str]:
-    """Run `body` after the prelude in a fresh interpreter."""
+def run_case(body: str, sigint: signal.Handlers = signal.SIG_DFL,
+             ) -> subprocess.CompletedProcess[str]:
+    """Run `body` after the prelude in a fresh interpreter that starts with `sigint` as the
+    disposition of SIGINT."""
     return subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
 
 
 def test_a_ctrl_c_in_a_nested_block_counts_in_the_outer_one_too() -> None:
@@ -73,3 +76,17 @@ def test_without_a_block_a_ctrl_c_still_ends_the_process() -> None:
     ''')
     assert done.returncode == -signal.SIGINT, (done.returncode, done.stdout, done.stderr)
     assert "survived" not in done.stdout
+
+
+def test_a_ctrl_c_ignored_before_the_block_stays_ignored_in_and_after_it() -> None:
+    # As in `dstack run ... &` from a script: the shell asked for Ctrl-C to be ignored.
+    done = run_case('''
+        with deferred_sigint() as got:
+            print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+            ctrl_c(timeout_s=0.2)
+        print(got.count, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        ctrl_c(timeout_s=0.2)
+        print("survived")
+    ''', sigint=signal.SIG_IGN)
+    assert (done.returncode, done.stdout.split()) == (0, ["True", "0", "True", "survived"]), \
+        done.stderr
