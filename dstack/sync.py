@@ -136,7 +136,7 @@ class LogShipper:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._seq = len(store.list(self.prefix))
-        self._last_ship = 0.0
+        self._last_ship: float | None = None  # never shipped (monotonic time counts from boot)
 
     def hide(self, values: list[str]) -> None:
         """Mask these (secret) values wherever they appear in the output from now on."""
@@ -151,7 +151,8 @@ class LogShipper:
         if self.local_copy is not None:
             with open(self.local_copy, "ab") as f:
                 f.write(data)
-        if self.eager_s is not None and time.monotonic() - self._last_ship >= self.eager_s:
+        if self.eager_s is not None and (self._last_ship is None or
+                                        time.monotonic() - self._last_ship >= self.eager_s):
             with contextlib.suppress(StoreError):  # the next periodic flush retries, and says
                 self.flush()
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+import pytest
 
 from dstack.store import LocalStore
 from dstack.sync import LogShipper, read_log_chunks
@@ -24,6 +27,14 @@ def test_output_after_a_quiet_spell_is_shipped_at_once_and_steady_output_in_chun
     log.flush()
     assert chunks(tmp_path) == ["00000000.log", "00000001.log"]
     assert read_log_chunks(store, "r") == (b"first line\nsecond\nthird\n", 2)
+
+
+def test_the_first_output_ships_at_once_on_a_machine_booted_moments_ago(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "monotonic", lambda: 5.0)  # the clock counts from boot
+    store = LocalStore(tmp_path)
+    LogShipper(store, "r", eager_s=60).write(b"first line\n")
+    assert chunks(tmp_path) == ["00000000.log"]
 
 
 def test_without_eager_shipping_only_flush_ships(tmp_path: Path) -> None:
