@@ -1,4 +1,4 @@
-"""`dstack config add|list|show|remove|default`: profiles (local, aws, gcp)."""
+"""`dstack config add|set|list|show|remove|default`: profiles (local, aws, gcp)."""
 
 from __future__ import annotations
 
@@ -101,6 +101,25 @@ def show(name: Name) -> None:
     from dstack.profiles import get_profile
 
     output.print_json(get_profile(dstack_home(), name).model_dump())
+
+
+@config_app.command("set")
+def set_cmd(
+    name: Name,
+    key: Annotated[str, typer.Argument(help="A setting, e.g. ami, max_duration, caller_cidr.")],
+    value: Annotated[str | None, typer.Argument(help="Its value.")] = None,
+    unset: Annotated[bool, typer.Option("--unset", help="Remove the setting.")] = False,
+) -> None:
+    """Set one setting of a profile (`dstack config set gpu max_duration 8h`)."""
+    from dstack.errors import UsageError
+    from dstack.profiles import set_setting
+
+    if (value is None) != unset:
+        raise UsageError("give either VALUE or --unset",
+                         f"`dstack config set {name} {key} VALUE`, or `dstack config set {name} "
+                         f"{key} --unset`.")
+    set_setting(private_dir(dstack_home()), name, key, value)
+    output.say(f"profile {name}: {key} " + ("removed" if unset else f"= {value}"))
 
 
 @config_app.command("remove")

@@ -90,12 +90,12 @@ def register_run_commands(app: typer.Typer) -> None:
                                                         help="Working directory.")] = None,
         tag: Annotated[str | None, typer.Option("--tag",
                                                 help="Tag the run if it succeeds.")] = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; create "
-                                                                "nothing.")] = False,
+        dry_run_: Annotated[bool, typer.Option("--dry-run", help="Show the plan; create "
+                                                                 "nothing.")] = False,
         project: Annotated[Path, typer.Option("--project", "-C",
                                               help="Project folder.")] = Path("."),
     ) -> int:
-        from dstack.submit import RunOptions, plan_run, run_attached, submit
+        from dstack.submit import RunOptions, dry_run, plan_run, run_attached, submit
 
         opts = RunOptions(deps=dep or [], artifacts=artifact or [], gpu=gpu, gpu_name=gpu_name,
                           gpu_memory=gpu_memory, cpu=cpu, memory=memory,
@@ -104,12 +104,14 @@ def register_run_commands(app: typer.Typer) -> None:
         ctx = open_context(profile)
         plan = plan_run(ctx, project.resolve(), target, args or [], opts,
                         after_dashes=output.state.after_dashes)
-        if dry_run:
-            output.print_json({"workflow": plan.workflow_name, "provider": plan.job.provider,
-                               "profile": ctx.profile.name, "backend": ctx.profile.backend,
-                               "deps": plan.deps, "job": plan.job.redacted(),
-                               "stack": {"name": "run-<name>", "resources":
-                                         ctx.backend.plan_resources(plan.job)}})
+        if dry_run_:
+            shown = dry_run(ctx, plan)
+            for stack in shown["stacks"]:
+                output.say(f"would bring up stack {stack['name']}: "
+                           f"{len(stack['resources'])} resource(s)")
+            if shown["instance"]:
+                output.say(f"the instance would be {shown['instance']['what']}")
+            output.print_json(shown)
             return 0
         if detach:
             record = submit(ctx, plan, detached=True, say=output.say)

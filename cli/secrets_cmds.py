@@ -27,6 +27,7 @@ def add(
     value = sys.stdin.read().rstrip("\n") if from_stdin else \
         typer.prompt(f"Value of {name}", hide_input=True)
     ctx = open_context(profile)
+    ctx.ensure_workspace(output.say)
     add_secret(ctx.store, name, value)
     output.say(f"secret {name} saved in profile {ctx.profile.name}")
 

@@ -36,6 +36,7 @@ def add_cmd(
         add_tag(ctx.store, tag, load_run(ctx.store, run_name))
         output.say(f"tagged {run_name} as {tag}")
     else:
+        ctx.ensure_workspace(output.say)
         run = upload_as_tag(ctx.store, tag, artifact or [], Path.cwd(), ctx.profile.name,
                             ctx.profile.backend)
         output.say(f"uploaded {len(artifact or [])} path(s) as {run.name}, tagged {tag}")

@@ -61,6 +61,10 @@ class Backend(Protocol):
     def store(self) -> Store:
         """The artifact and metadata store of this profile."""
 
+    def ensure_workspace(self) -> object:
+        """Bring up the profile's long-lived workspace stack (the store's bucket or folder,
+        the instances' identity) unless it is up; its outputs."""
+
     def check_resources(self, job: Job) -> None:
         """Refuse (UsageError) a job this backend cannot run, before anything is created."""
 
@@ -91,6 +95,10 @@ class Backend(Protocol):
 
     def runner_alive(self, run: RunRecord) -> bool | None:
         """Whether the run's runner still runs (None when this backend cannot tell)."""
+
+    def runner_gone_reason(self, run: RunRecord) -> str | None:
+        """Why the run's runner is gone, when the backend knows (e.g. the cloud's word on
+        its instance)."""
 
 
 BACKENDS: dict[str, str] = {

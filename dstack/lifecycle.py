@@ -31,7 +31,7 @@ from dstack.home import dstack_home, private_dir
 from dstack.interrupts import Deferred, deferred_sigint
 from dstack.listing import run_docs, settled
 from dstack.procs import process_alive, process_start_ticks
-from dstack.profiles import Profile, get_profile, store_url
+from dstack.profiles import Profile, get_profile, store_url, workspace_record
 from dstack.runs import (
     RunRecord,
     Status,
@@ -76,8 +76,35 @@ class Context:
 
     @cached_property
     def store(self) -> Store:
-        """The profile's store (opening it does not load the backend)."""
-        return open_store(store_url(self.profile, self.home))
+        """The profile's store (opening it does not load the backend).
+
+        A cloud profile's bucket is created by its workspace stack on the first run; until
+        then the store is an empty view that refuses writes (`PendingStore`), so reading
+        commands and `--dry-run` create nothing.
+        """
+        store = open_store(store_url(self.profile, self.home))
+        if self.profile.backend == "local" or \
+                workspace_record(self.home, self.profile).exists() or store.available():
+            return store
+        from dstack.store_pending import PendingStore
+
+        return PendingStore(store.url, self.profile.name)
+
+    def ensure_workspace(self, say: Say = _quiet) -> None:
+        """Bring up the workspace stack when the profile's store does not exist yet (the
+        first run of a cloud profile); the store is the real one afterwards."""
+        from dstack.store_pending import PendingStore
+
+        if not isinstance(self.store, PendingStore):
+            return
+        say(f"creating the workspace of profile {self.profile.name} (stack workspace-"
+            f"{self.profile.name}: its bucket and the instances' identity); once per profile")
+        with deferred_sigint(say, "Ctrl-C: dstack stops once the workspace stack is up") \
+                as interrupted:
+            self.backend.ensure_workspace()
+        del self.__dict__["store"]
+        if interrupted.count:
+            raise KeyboardInterrupt
 
 
 def submitter() -> dict[str, object]:
@@ -242,10 +269,13 @@ def end_unfinished(ctx: Context, run_name: str) -> None:
         run = load_run(ctx.store, run_name)
         if run.status.finished:
             return
-        message = ("the runner stopped before the job finished"
-                   if run.status in (Status.RUNNING, Status.UPLOADING) else
-                   "provisioning did not finish: the dstack command that submitted the run "
-                   "stopped")
+        if run.status in (Status.RUNNING, Status.UPLOADING):
+            reason = ctx.backend.runner_gone_reason(run)
+            message = "the runner stopped before the job finished" + \
+                (f": {reason}" if reason else "")
+        else:
+            message = ("provisioning did not finish: the dstack command that submitted the "
+                       "run stopped")
         update_run(ctx.store, run_name, status=Status.FAILED.value, message=message)
 
 
@@ -388,6 +418,7 @@ def attach(ctx: Context, run_name: str, write: Callable[[bytes], None],
             continue
         break
     teardown(ctx, run_name, say)
+    end_unfinished(ctx, run_name)  # a runner that died with its instance said nothing
     return load_run(ctx.store, run_name)
 
 

@@ -79,6 +79,45 @@ def store_url(profile: Profile, home: Path) -> str:
     return str(url)
 
 
+def workspace_record(home: Path, profile: Profile) -> Path:
+    """Where a cloud profile's backend records its workspace stack's outputs once it is up
+    (the store's bucket exists from then on)."""
+    return home / "pulumi" / f"workspace-{profile.name}.json"
+
+
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "local": ("store",),
+    "aws": ("region", "aws_profile", "bucket", "store_url", "kms_key_id", "vpc_id", "subnet_id",
+            "ami", "public_ip", "caller_cidr", "max_duration", "wheel"),
+    "gcp": ("project", "region", "zone", "credentials", "bucket", "store_url",
+            "bucket_location", "kms_key", "network", "subnetwork", "image", "secure_boot",
+            "service_account_id", "caller_cidr", "max_duration", "wheel"),
+}
+"""The settings each backend reads (docs/clouds.md says what each does)."""
+FIXED = ("region", "zone", "project", "aws_profile", "credentials", "bucket", "store_url")
+"""Settings `dstack config add` derives the store from: changed by adding the profile again."""
+
+
+def set_setting(home: Path, name: str, key: str, value: str | None) -> Profile:
+    """Set (or with None remove) one setting of profile `name`; the updated profile."""
+    profiles, default = load_profiles(home)
+    profile = get_profile(home, name)
+    known = SETTINGS.get(profile.backend, ())
+    if key not in known:
+        raise UsageError(f"{profile.backend} profiles have no setting {key!r}",
+                         did_you_mean(key, known) or f"Settings: {', '.join(known)}.")
+    if key in FIXED:
+        raise UsageError(f"{key} is where profile {name!r} keeps its runs; it is not changed "
+                         "in place", f"Add the profile again: `dstack config add "
+                         f"{profile.backend} {name} ...`.")
+    settings = {k: v for k, v in profile.settings.items() if k != key}
+    if value is not None:
+        settings[key] = value
+    profiles[name] = profile.model_copy(update={"settings": settings})
+    save_profiles(home, profiles, default)
+    return profiles[name]
+
+
 def save_profiles(home: Path, profiles: dict[str, Profile], default: str) -> None:
     """Write the profiles (all but the built-in `local`) to config.yaml, 0600."""
     doc = {

@@ -91,6 +91,13 @@ class Store(ABC):
         to leave it as it is. Returns the document as stored afterwards.
         """
 
+    def available(self) -> bool:
+        """Whether the store's bucket (or folder) exists, so reads mean something.
+
+        A cloud profile's bucket comes with its workspace stack, on the first run.
+        """
+        return True
+
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object under `prefix`."""
         for key in self.list(prefix):

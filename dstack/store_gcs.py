@@ -163,6 +163,11 @@ class GCSStore(Store):
                 return False
         return True
 
+    def available(self) -> bool:
+        """Whether the bucket exists; StoreError when that cannot be told."""
+        with self._errors("", "lookup of the bucket"):
+            return bool(self.bucket.exists(retry=DEFAULT_RETRY))
+
     def exists(self, key: str) -> bool:
         with self._errors(key, "lookup"):
             return bool(self._blob(key).exists(retry=DEFAULT_RETRY))

@@ -263,6 +263,15 @@ class S3Store(Store):
         with self._errors(key, "create"):
             return self._conditional_put(key, data, None)
 
+    def available(self) -> bool:
+        """Whether the bucket exists (HEAD bucket: a 404 when it does not)."""
+        try:
+            with self._errors("", "lookup of the bucket"):
+                self.client.head_bucket(Bucket=self.bucket)
+        except NotFoundError:
+            return False
+        return True
+
     def exists(self, key: str) -> bool:
         try:
             self.size(key)

@@ -200,6 +200,22 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
                    project_dir=project_dir)
 
 
+def dry_run(ctx: Context, plan: RunPlan) -> dict[str, Any]:
+    """What `dstack run --dry-run` shows: the job, the instance and its price, and every
+    resource of each stack a run would bring up (the profile's workspace stack too, until its
+    first run has created it). Creates nothing and asks no cloud API."""
+    stacks: dict[str, list[dict[str, str]]] = {}
+    for item in ctx.backend.plan_resources(plan.job):
+        resource = dict(item)
+        stacks.setdefault(resource.pop("stack", "run-<name>"), []).append(resource)
+    instance = next((r for r in stacks.get("run-<name>", []) if r.get("price_per_hour")), None)
+    return {"workflow": plan.workflow_name, "provider": plan.job.provider,
+            "profile": ctx.profile.name, "backend": ctx.profile.backend, "deps": plan.deps,
+            "job": plan.job.redacted(), "instance": instance,
+            "stacks": [{"name": name, "resources": items} for name, items in  # run last
+                       sorted(stacks.items(), key=lambda kv: kv[0] == "run-<name>")]}
+
+
 def record_run(ctx: Context, plan: RunPlan, *, detached: bool = False,
                say: Say = _quiet) -> RunRecord:
     """Package the code into the store and claim the run's name with its record."""
@@ -226,8 +242,10 @@ def submit(ctx: Context, plan: RunPlan, *, detached: bool = False, say: Say = _q
            on_created: Callable[[RunRecord], None] | None = None) -> RunRecord:
     """Package the code, record the run and bring up its stack.
 
-    `on_created` is called once the run's record exists, before its stack is up.
+    `on_created` is called once the run's record exists, before its stack is up. The
+    profile's workspace comes first: the code and the record go to its bucket.
     """
+    ctx.ensure_workspace(say)
     run = record_run(ctx, plan, detached=detached, say=say)
     if on_created:
         on_created(run)

@@ -81,16 +81,27 @@ class AwsBackend(CloudBackend):
         caller = planned_caller(self.profile)
         plan: list[dict[str, str]] = []
         if self.cached_workspace() is None:
-            where = f"(stack {self.workspace_stack}, created once)"
+            ws = {"stack": self.workspace_stack}  # created by the first run
             bucket = self.named_bucket() or f"{bucket_resource_name(self.profile.name)}-…"
-            plan += [
-                {"type": "aws:s3/bucket:Bucket", "name": bucket,
-                 "what": f"artifact bucket: private, encrypted, versioned {where}"},
-                {"type": "aws:iam/role:Role", "name": "runner",
-                 "what": f"instance role: read/write that bucket only {where}"},
-                {"type": "aws:iam/instanceProfile:InstanceProfile", "name": "runner",
-                 "what": f"the role's instance profile {where}"},
-            ]
+            s3, iam = "aws:s3/", "aws:iam/"
+            plan += [{**ws, "type": t, "name": n, "what": w} for t, n, w in (
+                (f"{s3}bucket:Bucket", bucket, "artifact bucket"),
+                (f"{s3}bucketPublicAccessBlock:BucketPublicAccessBlock", "public-access-block",
+                 "no public ACLs or policies, four ways"),
+                (f"{s3}bucketOwnershipControls:BucketOwnershipControls", "ownership",
+                 "bucket owner enforced (no ACLs)"),
+                (f"{s3}bucketServerSideEncryptionConfiguration:"
+                 "BucketServerSideEncryptionConfiguration", "encryption",
+                 "aws:kms with the profile's key" if self.setting("kms_key_id") else "AES256"),
+                (f"{s3}bucketVersioning:BucketVersioning", "versioning", "versioned"),
+                (f"{s3}bucketLifecycleConfiguration:BucketLifecycleConfiguration", "lifecycle",
+                 "old versions expire after 30 days"),
+                (f"{s3}bucketPolicy:BucketPolicy", "tls-only", "refuses requests without TLS"),
+                (f"{iam}role:Role", "runner", "instance role, assumed by EC2 only"),
+                (f"{iam}rolePolicy:RolePolicy", "runner-bucket",
+                 "read/write/list that bucket only"),
+                (f"{iam}instanceProfile:InstanceProfile", "runner", "the role's instance profile"),
+            )]
         vpc = self.setting("vpc_id") or ("the subnet's VPC" if self.setting("subnet_id")
                                          else "the default VPC")
         plan.append({"type": "aws:ec2/securityGroup:SecurityGroup", "name": "firewall",
@@ -145,6 +156,29 @@ class AwsBackend(CloudBackend):
     def run_program(self, config: AwsRun) -> Callable[[], None]:
         """The run stack's program for `config`."""
         return lambda: run_program(config)
+
+    def instance_state(self, run: RunRecord) -> tuple[str, str] | None:
+        """EC2's state of the run's instance and its state reason; `gone` when EC2 no longer
+        knows it; None when EC2 cannot be asked now."""
+        import boto3
+        import botocore.exceptions as bexc
+
+        try:
+            ec2 = boto3.Session(profile_name=self.setting("aws_profile"),
+                                region_name=self.location()).client("ec2")
+            found = ec2.describe_instances(InstanceIds=[str(run.instance["id"])])
+        except bexc.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidInstanceID.NotFound":
+                return ("gone", "EC2 no longer knows it")
+            return None
+        except bexc.BotoCoreError:
+            return None
+        for reservation in found.get("Reservations", []):
+            for inst in reservation.get("Instances", []):
+                reason = inst.get("StateReason", {}).get("Message") or \
+                    inst.get("StateTransitionReason") or ""
+                return (str(inst["State"]["Name"]), str(reason))
+        return ("gone", "EC2 no longer knows it")
 
     def instance_info(self, run: RunRecord, cfg: AwsRun, outputs: dict[str, Any],
                       offer: Offer) -> dict[str, object]:

@@ -21,6 +21,7 @@ import math
 import os
 import re
 import shlex
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,7 +35,7 @@ from dstack.catalogue import Offer, choose_offer
 from dstack.errors import BackendError, UsageError
 from dstack.home import write_private
 from dstack.job import Job
-from dstack.profiles import Profile
+from dstack.profiles import Profile, workspace_record
 from dstack.runs import RunRecord, run_stack_name
 from dstack.spec import Resources
 from dstack.stacks.engine import Engine
@@ -53,6 +54,11 @@ CHECKIP_TIMEOUT_S = 5.0
 CALLER_ENV = "DSTACK_CALLER_CIDR"
 WHEEL_ENV = "DSTACK_WHEEL"
 GIB = 1024**3
+INSTANCE_CHECK_S = 10.0
+"""How often a follower asks the cloud whether a run's instance still runs."""
+GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped", "gone",
+                         "TERMINATED", "STOPPING", "STOPPED", "SUSPENDED"})
+"""Instance states (EC2's, then GCE's) in which no runner can be running."""
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -254,6 +260,7 @@ class CloudBackend(RunStacks):
         self.engine = Engine(home, profile.state_url)
         self.cache = home / "cache"
         self._wheel: Wheel | None = None
+        self._seen: dict[str, tuple[float, tuple[str, str] | None]] = {}
 
     # -- settings --------------------------------------------------------------------------
 
@@ -325,7 +332,7 @@ class CloudBackend(RunStacks):
         raise NotImplementedError
 
     def _workspace_cache(self) -> Path:
-        return self.home / "pulumi" / f"{self.workspace_stack}.json"
+        return workspace_record(self.home, self.profile)
 
     def _workspace_key(self, config: Any) -> str:
         text = json.dumps(asdict(config), sort_keys=True, default=str)
@@ -405,6 +412,30 @@ class CloudBackend(RunStacks):
         outputs, changes = self.engine.up(run_stack_name(run.name), self.run_program(cfg))
         return changes, self.instance_info(run, cfg, outputs, self.offer(run.job))
 
-    def runner_alive(self, run: RunRecord) -> bool | None:
-        """Unknown: telling would take a cloud API call per run."""
+    def instance_state(self, run: RunRecord) -> tuple[str, str] | None:
+        """(state, the cloud's reason) of the run's instance, None when the cloud cannot be
+        asked (the subclass's; the base never asks)."""
         return None
+
+    def _instance(self, run: RunRecord) -> tuple[str, str] | None:
+        """`instance_state`, asked at most every INSTANCE_CHECK_S per run."""
+        seen = self._seen.get(run.name)
+        if seen is None or time.monotonic() - seen[0] >= INSTANCE_CHECK_S:
+            seen = (time.monotonic(), self.instance_state(run) if run.instance.get("id")
+                    else None)
+            self._seen[run.name] = seen
+        return seen[1]
+
+    def runner_alive(self, run: RunRecord) -> bool | None:
+        """False once the cloud says the run's instance no longer runs (a spot reclaim, a
+        power-off); otherwise unknown, and the runner's heartbeat tells."""
+        found = self._instance(run)
+        return False if found and found[0] in GONE_STATES else None
+
+    def runner_gone_reason(self, run: RunRecord) -> str | None:
+        """What the cloud said of the run's instance when it found it gone."""
+        found = self._seen.get(run.name, (0.0, None))[1]
+        if not found or found[0] not in GONE_STATES:
+            return None
+        return f"its instance {run.instance.get('id')} is {found[0]}" + \
+            (f" ({found[1]})" if found[1] else "")

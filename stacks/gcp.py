@@ -103,22 +103,22 @@ class GcpBackend(CloudBackend):
         ports = app_ports(job.ports)
         plan: list[dict[str, str]] = []
         if self.cached_workspace() is None:
-            where = f"(stack {self.workspace_stack}, created once)"
+            ws = {"stack": self.workspace_stack}  # created by the first run
             plan += [
                 {"type": "gcp:storage/bucket:Bucket",
                  "name": self.named_bucket() or f"{resource_name(self.profile.name)}-…",
-                 "what": f"artifact bucket: uniform access, public access prevented, "
-                         f"versioned {where}"},
+                 "what": "artifact bucket: uniform access, public access prevented, "
+                         "versioned", **ws},
                 {"type": "gcp:serviceaccount/account:Account",
                  "name": self.setting("service_account_id") or account_id(self.profile.name),
-                 "what": f"the VMs' identity {where}"},
+                 "what": "the VMs' identity", **ws},
                 {"type": "gcp:storage/bucketIAMMember:BucketIAMMember", "name": "runner-objects",
-                 "what": f"roles/storage.objectAdmin on that bucket only {where}"},
+                 "what": "roles/storage.objectAdmin on that bucket only", **ws},
             ]
             if not self.setting("network"):
                 plan.append({"type": "gcp:compute/network:Network",
                              "name": resource_name(self.profile.name),
-                             "what": f"a VPC network with no ingress rules {where}"})
+                             "what": "a VPC network with no ingress rules", **ws})
         if ports:
             plan.append({"type": "gcp:compute/firewall:Firewall", "name": "apps",
                          "what": f"tcp {', '.join(map(str, ports))} from {caller} only, to the "

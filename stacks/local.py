@@ -149,6 +149,10 @@ class LocalBackend(RunStacks):
                     "start_ticks": outputs.get("start_ticks"), "workdir": workdir}
         return changes, instance
 
+    def runner_gone_reason(self, run: RunRecord) -> str | None:
+        """Unknown: a local runner leaves no word on why it is gone."""
+        return None
+
     def runner_alive(self, run: RunRecord) -> bool | None:
         pid = run.instance.get("pid")
         if not pid or run.instance.get("host") != socket.gethostname():

@@ -112,3 +112,51 @@ def test_bad_values_are_refused_before_any_check(tmp_path: Path) -> None:
         done = cli(home, "config", "add", *args)
         assert done.returncode == 2 and words in done.stderr, (args, done.stderr)
     assert not (home / "config.yaml").exists()
+
+
+def test_a_new_aws_profile_can_be_planned_and_listed_before_its_bucket_exists(
+        tmp_path: Path, moto_server: Server) -> None:  # noqa: F811
+    """The first-run failure: every command read the bucket the first run creates."""
+    import boto3
+
+    home = tmp_path / "home"
+    project = tmp_path / "project"
+    (project / ".dstack").mkdir(parents=True)
+    (project / ".dstack" / "workflows.yaml").write_text(
+        "workflows:\n  - name: train\n    provider: bash\n    commands: ['echo hi']\n")
+    env = {**aws_files(tmp_path, moto_server), "AWS_ENDPOINT_URL": moto_server.url,
+           "DSTACK_S3_ENDPOINT_URL": moto_server.url, "DSTACK_CALLER_CIDR": None}
+    assert cli(home, "config", "add", "aws", "ci", "--aws-profile", "dev", "--region",
+               "us-east-1", "--default", env=env).returncode == 0
+    dry = cli(home, "run", "-C", str(project), "train", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert [s["name"] for s in plan["stacks"]] == ["workspace-ci", "run-<name>"]
+    assert plan["instance"]["price_per_hour"].startswith("$")
+    for command in (["ps", "-a", "--json"], ["tags", "list", "--json"], ["secrets", "list"]):
+        listed = cli(home, *command, env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.strip() in ("", "[]"), listed.stdout
+    s3 = boto3.client("s3", endpoint_url=moto_server.url, region_name="us-east-1")
+    buckets = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert "dstack-123456789012-us-east-1-ci" not in buckets  # nothing was created
+    assert not (home / "state" / ".pulumi" / "stacks").exists()
+    refused = cli(home, "tags", "add", "t", "nosuch-run-1", env=env)
+    assert refused.returncode == 1 and "nosuch-run-1" in refused.stderr
+
+
+def test_config_set_changes_one_setting_and_refuses_unknown_or_store_settings(
+        tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert cli(home, "config", "add", "aws", "ci", "--region", "us-east-1", "--bucket",
+               "my-bucket", "--skip-check").returncode == 0
+    assert cli(home, "config", "set", "ci", "max_duration", "8h").returncode == 0
+    shown = json.loads(cli(home, "config", "show", "ci").stdout)
+    assert shown["settings"]["max_duration"] == "8h"
+    typo = cli(home, "config", "set", "ci", "max_duraton", "8h")
+    assert typo.returncode == 2 and 'Did you mean "max_duration"' in typo.stderr
+    fixed = cli(home, "config", "set", "ci", "region", "eu-west-1")
+    assert fixed.returncode == 2 and "dstack config add aws ci" in fixed.stderr
+    assert cli(home, "config", "set", "ci", "max_duration", "--unset").returncode == 0
+    shown = json.loads(cli(home, "config", "show", "ci").stdout)
+    assert "max_duration" not in shown["settings"]
