@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from collections.abc import Iterator
@@ -21,6 +22,16 @@ def pytest_configure(config: pytest.Config) -> None:
     the tests of what Ctrl-C does would test the shell."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Collect garbage before the plugins' end-of-session work. An engine call that failed
+    leaves its inline program's coroutine suspended (Pulumi's language server stops its loop
+    on the engine's RPC error); finalized later inside an `ast` compile (the hypothesis
+    plugin imports at session end, with assertion rewriting), CPython 3.11 fails that compile
+    with "AST constructor recursion depth mismatch" and pytest exits 1."""
+    gc.collect()
 
 
 @pytest.fixture
