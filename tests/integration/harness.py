@@ -29,8 +29,10 @@ from dstack.stacks.engine_install import PULUMI_VERSION, engine_root, is_install
 INSTALLED_HOME = dstack_home()
 DSTACK_BIN = Path(sys.executable).with_name("dstack")
 RUN_NAME = re.compile(r"^[a-z]+(-[a-z0-9]+)+$")
-RUN_RESOURCE_TYPES = ("RunnerProcess", "Folder")
-"""A run stack holds resources while any of its resource types contains one of these."""
+RUN_RESOURCE_TYPES = ("RunnerProcess", "Folder", "ec2/instance:", "ec2/securityGroup:",
+                      "securityGroupIngressRule", "compute/instance:", "compute/firewall:")
+"""A run stack holds resources while any of its resource types contains one of these (the
+local backend's, then the stand-in clouds')."""
 TERMINAL = ("done", "failed", "stopped", "aborted")
 
 

@@ -75,6 +75,26 @@ def isolated_aws_env(tmp: Path) -> dict[str, str]:
             "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "aws-credentials")}
 
 
+def start_moto(log: Path, tls: tuple[Path, Path] | None = None
+               ) -> tuple[str, subprocess.Popen[bytes]]:
+    """A moto server (every AWS service) on a loopback port it picks, over HTTPS with
+    `tls` (certificate, key) when given; (its URL, process)."""
+    exe = Path(sys.executable).with_name("moto_server")
+    extra = ["-s", "-c", str(tls[0]), "-k", str(tls[1])] if tls else []
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", "0", *extra], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        found = re.search(r"Running on (https?://127\.0\.0\.1:\d+)", log.read_text())
+        if found:
+            return found.group(1), proc
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
+            _fail("moto_server did not start", log)
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 def env_patch() -> Iterator[pytest.MonkeyPatch]:
     """A session-wide MonkeyPatch for the servers' environment variables."""
@@ -96,21 +116,8 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory,
         env_patch.setenv(name, value)
     env_patch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never probe a cloud's metadata
     log = tmp / "moto.log"
-    exe = Path(sys.executable).with_name("moto_server")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", "0"], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url, proc = start_moto(log)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        url = None
-        while url is None:
-            found = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log.read_text())
-            if found:
-                url = found.group(1)
-            elif proc.poll() is not None or time.monotonic() > deadline:
-                _fail("moto_server did not start", log)
-            else:
-                time.sleep(0.05)
         client: Any = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)
         yield Server(url=url, proc=proc, bucket=BUCKET, log=log)
