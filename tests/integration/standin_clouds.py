@@ -243,6 +243,110 @@ def aws_cloud(tmp_path: Path, tls_cert: tuple[Path, Path],
         _stop(proc)
 
 
+@dataclass
+class GcpCloud(Cloud):
+    """The GCS emulator and the stand-in's compute document as GCP."""
+
+    project: str = ""
+    key: Path | None = None
+    """The user's service-account key file."""
+
+    def storage(self) -> Any:
+        """A client of the emulator."""
+        from google.cloud import storage
+
+        return storage.Client(project=self.project)
+
+    def buckets(self) -> list[str]:
+        """Names of the project's buckets in the emulator."""
+        return [b.name for b in self.storage().list_buckets() if self.project in b.name]
+
+    def read(self, key: str) -> bytes:
+        """An object of the profile's bucket."""
+        return bytes(self.storage().bucket(self.bucket).blob(key).download_as_bytes())
+
+    def keys(self, prefix: str) -> list[str]:
+        """Keys of the profile's bucket under `prefix` ([] before it exists)."""
+        if self.bucket not in self.buckets():
+            return []
+        return [b.name for b in self.storage().list_blobs(self.bucket, prefix=prefix)]
+
+    def document(self, section: str) -> list[dict[str, Any]]:
+        """The objects of one section (`instances`, `firewalls`, ...) of the project's
+        compute document."""
+        from tests.standins import gcp
+
+        if not gcp.document_path(self.project).exists():
+            return []
+        return list(gcp.load(self.project)[section].values())
+
+
+def _token_server() -> tuple[str, Any]:
+    """An OAuth token endpoint on loopback: a service-account key's `token_uri`, so the
+    credentials check really exchanges a signed assertion for a token."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            body = json.dumps({"access_token": "ya29.stand-in", "expires_in": 3600,
+                               "token_type": "Bearer"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/token", server
+
+
+def service_account_key(path: Path, project: str, token_uri: str) -> Path:
+    """A new user's service-account key file (a real RSA key)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    path.write_text(json.dumps({
+        "type": "service_account", "project_id": project, "private_key_id": "1",
+        "private_key": pem, "client_email": f"dev@{project}.iam.gserviceaccount.com",
+        "client_id": "1", "token_uri": token_uri}))
+    return path
+
+
+@pytest.fixture
+def gcp_cloud(tmp_path: Path, gcs_emulator: Any,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[GcpCloud]:
+    """The session's GCS emulator with a project of the test's own, a fresh world and compute
+    document, and the user's key file; afterwards no VM of it may still run."""
+    import secrets
+
+    world = tmp_path / "world"
+    world.mkdir()
+    monkeypatch.setenv(instance.WORLD_ENV, str(world))
+    project = f"proj-{secrets.token_hex(4)}"
+    token_uri, server = _token_server()
+    key = service_account_key(tmp_path / "key.json", project, token_uri)
+    env = {"STORAGE_EMULATOR_HOST": gcs_emulator.url, instance.WORLD_ENV: str(world),
+           "DSTACK_CALLER_CIDR": CALLER}
+    cloud = GcpCloud(name="gcp", world=world, env=env, endpoint=gcs_emulator.url,
+                     project=project, key=key)
+    try:
+        yield cloud
+        left = cloud.end_all()
+        assert not left, f"VMs still running after the test: {left}"
+    finally:
+        cloud.end_all()
+        server.shutdown()
+
+
 class CloudDstack(Dstack):
     """`dstack` as a user of a stand-in cloud runs it: the stand-in plugins first on PATH,
     the cloud's endpoints, and no AWS credentials in the environment."""

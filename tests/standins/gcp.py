@@ -642,6 +642,10 @@ def _launch(project: str, vm: Props) -> None:
     """Boot the stand-in VM: its exact startup script, image, metadata server."""
     image = ((vm.get("bootDisk") or {}).get("initializeParams") or {}).get("image")
     env = {k: os.environ[k] for k in ("STORAGE_EMULATOR_HOST",) if os.environ.get(k)}
+    if env:  # gcloud (on this machine's image, as on Google's) reaches the emulator too,
+        # which takes no credentials
+        env.update(CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE=env["STORAGE_EMULATOR_HOST"] + "/",
+                   CLOUDSDK_AUTH_DISABLE_CREDENTIALS="true", CLOUDSDK_CORE_PROJECT=project)
     instance.launch(instance.Spec(
         cloud="gcp", id=vm["instanceId"], script=vm.get("metadataStartupScript") or "",
         image=image_folder(image), env=env, metadata_style="gcp",
