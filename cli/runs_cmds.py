@@ -23,6 +23,7 @@ from dstack.lifecycle import (
     stop,
 )
 from dstack.runs import TERMINAL, load_run
+from dstack.sizes import format_decimal
 
 FINISHED = {s.value for s in TERMINAL}
 
@@ -106,6 +107,10 @@ def register_run_commands(app: typer.Typer) -> None:
                         after_dashes=output.state.after_dashes)
         if dry_run_:
             shown = dry_run(ctx, plan)
+            for warning in plan.code.warnings if plan.code else []:
+                output.say(warning)
+            output.say(f"would package {shown['code']['files']} file(s), "
+                       f"{format_decimal(shown['code']['bytes'])}")
             for stack in shown["stacks"]:
                 output.say(f"would bring up stack {stack['name']}: "
                            f"{len(stack['resources'])} resource(s)")
@@ -229,11 +234,13 @@ def register_run_commands(app: typer.Typer) -> None:
 
     @app.command(name="gc")
     def gc_cmd(profile: Profile = None) -> None:
-        """Destroy stacks left by finished or crashed runs and clear stale engine locks."""
+        """Destroy stacks left by finished or crashed runs, clear stale engine locks and
+        remove code archives no run uses."""
         ctx = Context.open(profile)
         result = gc(ctx, output.say)
         output.say(f"gc: {len(result['locks'])} stale lock(s), {len(result['torn_down'])} "
-                   f"finished run(s), {len(result['orphans'])} orphan stack(s)")
+                   f"finished run(s), {len(result['orphans'])} orphan stack(s), "
+                   f"{len(result['code'])} unused code archive(s)")
         runs = [r for r in result["failed"] if r != "*"]
         if result["failed"]:
             what = [f"destroy the stack of {len(runs)} run(s): {', '.join(runs)}"] if runs else []

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dstack.audit import record_update
 from dstack.backend import Backend, ResourceChange, load_backend
+from dstack.code_archives import remove_unused_code
 from dstack.errors import (
     BackendError,
     DstackError,
@@ -317,7 +318,8 @@ def _try_teardown(ctx: Context, run_name: str, say: Say, failed: list[str] | Non
 
 
 def gc(ctx: Context, say: Say = _quiet) -> dict[str, list[str]]:
-    """Repair everything a crashed CLI may have left: locks, finished runs, orphan stacks.
+    """Repair everything a crashed CLI may have left: locks, finished runs, orphan stacks;
+    and remove the code archives no run refers to any more (`code`).
 
     What it could not do is listed under `failed` (run names, or the stack listing as
     `*`); it is reported through `say` as it happens.
@@ -349,7 +351,9 @@ def gc(ctx: Context, say: Say = _quiet) -> dict[str, list[str]]:
             orphans.append(name)
             if run is not None:
                 end_unfinished(ctx, name)
-    return {"locks": cleared, "torn_down": torn, "orphans": orphans, "failed": failed}
+    code = remove_unused_code(ctx.store, {r.code for r in runs.values() if r.code})
+    return {"locks": cleared, "torn_down": torn, "orphans": orphans, "failed": failed,
+            "code": code}
 
 
 @dataclass

@@ -5,14 +5,17 @@ Inside a git work tree the archive holds what `git ls-files --cached --others
 untracked files git does not ignore. Outside git it holds every file under the root,
 honouring a `.gitignore` there. Both honour `.dstackignore` (gitignore syntax; in a git
 tree its `!` cannot bring back what git ignores) and always leave out `.git`, `.venv`,
-`__pycache__` and `.dstack/cache`. The store key is `code/<sha256>.tar.gz`.
+`__pycache__` and `.dstack/cache`. A dstack home, a store and Pulumi state are never
+packaged, and credentials only when `.dstackignore` asks for them (`dstack.sensitive_paths`).
+
+`scan_code` lists what would be packaged and checks the limits, writing nothing;
+`write_code` then writes the archive. The store key is `code/<sha256>.tar.gz`.
 """
 
 from __future__ import annotations
 
 import heapq
 import os
-import re
 import stat
 import subprocess
 import tempfile
@@ -22,146 +25,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dstack.archive import Entry, write_archive
-from dstack.errors import DstackError
+from dstack.errors import DstackError, UsageError
+from dstack.ignore_rules import IgnoreRules
+from dstack.sensitive_paths import Guard
+from dstack.sizes import format_decimal
+
+__all__ = ["CodeArchive", "CodeInventory", "IgnoreRules", "package_code", "scan_code",
+           "write_code"]
 
 DSTACKIGNORE = ".dstackignore"
-DEFAULT_MAX_BYTES = 1 << 30
+DEFAULT_MAX_BYTES = 100_000_000
+"""100 MB; a profile's `max_code_size` setting changes it."""
 DEFAULT_MAX_FILES = 50_000
 ALWAYS_SKIPPED = (".git", ".venv/", "__pycache__/", "/.dstack/cache/")
 _GIT_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX")
 
 
 @dataclass(frozen=True, slots=True)
-class _Rule:
-    regex: re.Pattern[str]
-    negated: bool
-    dir_only: bool
+class CodeInventory:
+    """What packaging a working directory would take, before any archive is written."""
 
+    root: Path
+    entries: list[Entry]
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
-class IgnoreRules:
-    """Gitignore-syntax rules over POSIX paths relative to one root; the last match wins.
+    @property
+    def files(self) -> int:
+        """How many files (and symlinks) would be packaged."""
+        return len(self.entries)
 
-    Supports `#` comments, blank lines, `!` negation, trailing `/` (folders only), a `/` at
-    the start or in the middle (anchored to the root), `*`, `?`, `[...]`, `**` and `\\`
-    escapes. As in git, nothing inside an ignored folder can be brought back by `!`.
-    """
-
-    def __init__(self, rules: Iterable[_Rule] = ()) -> None:
-        self._rules = tuple(rules)
-        self._folders: dict[str, bool] = {}
-
-    @classmethod
-    def from_lines(cls, lines: Iterable[str]) -> IgnoreRules:
-        """Rules from the lines of an ignore file."""
-        return cls(rule for line in lines if (rule := _compile(line)) is not None)
-
-    @classmethod
-    def from_file(cls, path: Path) -> IgnoreRules:
-        """Rules from an ignore file; no rules when it does not exist."""
-        try:
-            text = path.read_text(encoding="utf-8", errors="surrogateescape")
-        except (FileNotFoundError, NotADirectoryError):
-            return cls()
-        return cls.from_lines(text.splitlines())
-
-    def __add__(self, other: IgnoreRules) -> IgnoreRules:
-        """Both rule sets; `other` is read after `self`, so it wins on conflicts."""
-        return IgnoreRules(self._rules + other._rules)
-
-    def __len__(self) -> int:
-        return len(self._rules)
-
-    def ignored(self, relpath: str, is_dir: bool = False) -> bool:
-        """Whether `relpath` is ignored, by a rule of its own or through an ignored folder."""
-        parts = relpath.strip("/").split("/")
-        for i in range(1, len(parts)):
-            if self._folder_ignored("/".join(parts[:i])):
-                return True
-        path = "/".join(parts)
-        return self._folder_ignored(path) if is_dir else self._match(path, False)
-
-    def _folder_ignored(self, relpath: str) -> bool:
-        hit = self._folders.get(relpath)
-        if hit is None:
-            hit = self._folders[relpath] = self._match(relpath, True)
-        return hit
-
-    def _match(self, relpath: str, is_dir: bool) -> bool:
-        for rule in reversed(self._rules):
-            if (is_dir or not rule.dir_only) and rule.regex.fullmatch(relpath):
-                return not rule.negated
-        return False
-
-
-def _compile(line: str) -> _Rule | None:
-    """One line of an ignore file as a rule, or None for blanks and comments."""
-    stripped = line.rstrip(" \t\r\n")
-    if stripped.endswith("\\") and len(stripped) < len(line.rstrip("\r\n")):
-        stripped += " "  # "\ " keeps one trailing space
-    if not stripped or stripped.startswith("#"):
-        return None
-    negated = stripped.startswith("!")
-    pattern = stripped[1:] if negated else stripped
-    dir_only = pattern.endswith("/")
-    pattern = pattern.rstrip("/")
-    anchored = "/" in pattern
-    pattern = pattern.lstrip("/")
-    if not pattern:
-        return None
-    body = _translate(pattern)
-    regex = body if anchored else f"(?:.*/)?{body}"
-    return _Rule(re.compile(regex, re.DOTALL), negated, dir_only)
-
-
-def _translate(pattern: str) -> str:
-    """A slash-separated glob as a regular expression; `**` spans folders."""
-    segments = pattern.split("/")
-    out: list[str] = []
-    for i, segment in enumerate(segments):
-        last = i == len(segments) - 1
-        if segment == "**":
-            out.append(".*" if last else "(?:[^/]+/)*")
-        else:
-            out.append(_translate_segment(segment) + ("" if last else "/"))
-    return "".join(out)
-
-
-def _translate_segment(segment: str) -> str:
-    """One path segment of a glob: `*` and `?` never match `/`."""
-    out: list[str] = []
-    i, n = 0, len(segment)
-    while i < n:
-        c = segment[i]
-        if c == "*":
-            while i + 1 < n and segment[i + 1] == "*":
-                i += 1
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(segment[i]))
-        elif c == "[" and (end := _class_end(segment, i)) > 0:
-            body = segment[i + 1:end]
-            negated = body[:1] in ("!", "^")
-            body = body[1:] if negated else body
-            chars = "".join("\\" + ch if ch in "\\[]^" else ch for ch in body)
-            out.append(f"[^/{chars}]" if negated else f"(?!/)[{chars}]")
-            i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
-def _class_end(segment: str, start: int) -> int:
-    """Index of the `]` closing the class opened at `start`, or -1 when it is not closed."""
-    j = start + 1
-    if j < len(segment) and segment[j] in "!^":
-        j += 1
-    if j < len(segment) and segment[j] == "]":
-        j += 1
-    return segment.find("]", j)
+    @property
+    def bytes(self) -> int:
+        """Their size in bytes, before compression."""
+        return sum(e.size for e in self.entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +70,8 @@ class CodeArchive:
     files: int
     size: int
     skipped: list[str] = field(default_factory=list)
+    bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def store_key(self) -> str:
@@ -180,46 +79,62 @@ class CodeArchive:
         return f"code/{self.sha256}.tar.gz"
 
 
-def package_code(root: Path, out_dir: Path | None = None, *,
-                 max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_files: int = DEFAULT_MAX_FILES) -> CodeArchive:
-    """Archive the working directory `root` as `<out_dir>/<sha256>.tar.gz`.
+def scan_code(root: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
+              max_files: int = DEFAULT_MAX_FILES, protect: Iterable[Path] = (),
+              home: Path | None = None, profile: str = "PROFILE") -> CodeInventory:
+    """What packaging `root` takes; writes nothing.
 
-    `out_dir` defaults to a new temporary folder. `skipped` lists paths left out though not
-    ignored: symlinks leading outside `root`, sockets, fifos, devices, nested repositories.
-    Raises DstackError, naming the biggest files, when the content is over `max_bytes` or
-    `max_files`.
+    `skipped` lists paths left out though not ignored: symlinks leading outside `root`,
+    sockets, fifos, devices, nested repositories. `warnings` has one line per kind of what
+    is never packaged or a credential not asked for. `home` (default: the one in use) and
+    `protect` (the profile's store folder) are never packaged either. Raises UsageError,
+    naming the largest folders and how to raise the limit of `profile`, when the content is
+    over `max_bytes` or `max_files`.
     """
     root = Path(root)
     if not root.is_dir():
         raise DstackError(f"{root} is not a folder.", hint="Run dstack from your project folder.")
+    asks = IgnoreRules.from_file(root / DSTACKIGNORE)
+    guard = Guard(root, asks, protect, home)
     always = IgnoreRules.from_lines(ALWAYS_SKIPPED)
     listed = _git_files(root)
-    if listed is None:
-        user = IgnoreRules.from_file(root / ".gitignore") + IgnoreRules.from_file(
-            root / DSTACKIGNORE)
-    else:
-        user = IgnoreRules.from_file(root / DSTACKIGNORE)
+    user = asks if listed is not None else IgnoreRules.from_file(root / ".gitignore") + asks
 
     def ignored(relpath: str, is_dir: bool) -> bool:
-        return always.ignored(relpath, is_dir) or user.ignored(relpath, is_dir)
+        return (always.ignored(relpath, is_dir) or user.ignored(relpath, is_dir)
+                or guard.excluded(relpath, is_dir))
 
     skipped: list[str] = []
     candidates = _walk(root, ignored, skipped) if listed is None else listed
     entries = _entries(root, candidates, ignored, skipped)
-    _check_limits(root, entries, max_bytes, max_files)
+    _check_limits(root, entries, max_bytes, max_files, profile)
+    return CodeInventory(root, entries, sorted(skipped), guard.warnings())
+
+
+def write_code(inventory: CodeInventory, out_dir: Path | None = None) -> CodeArchive:
+    """Archive what `inventory` lists as `<out_dir>/<sha256>.tar.gz` (`out_dir` defaults to
+    a new temporary folder)."""
     out_dir = Path(tempfile.mkdtemp(prefix="dstack-code-")) if out_dir is None else out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".code-", suffix=".tar.gz.part", dir=out_dir)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        digest = write_archive(entries, tmp)
+        digest = write_archive(inventory.entries, tmp)
         final = out_dir / f"{digest}.tar.gz"
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
-    return CodeArchive(final, digest, len(entries), final.stat().st_size, sorted(skipped))
+    return CodeArchive(final, digest, inventory.files, final.stat().st_size, inventory.skipped,
+                       inventory.bytes, inventory.warnings)
+
+
+def package_code(root: Path, out_dir: Path | None = None, *,
+                 max_bytes: int = DEFAULT_MAX_BYTES, max_files: int = DEFAULT_MAX_FILES,
+                 protect: Iterable[Path] = ()) -> CodeArchive:
+    """`scan_code` then `write_code`: the working directory `root` as an archive."""
+    return write_code(scan_code(root, max_bytes=max_bytes, max_files=max_files,
+                                protect=protect), out_dir)
 
 
 def _git_files(root: Path) -> list[str] | None:
@@ -308,29 +223,30 @@ def _link_inside(path: str, root_real: str) -> str | None:
     return os.path.relpath(target, os.path.realpath(os.path.dirname(path))).replace(os.sep, "/")
 
 
-def _check_limits(root: Path, entries: list[Entry], max_bytes: int, max_files: int) -> None:
-    """Refuse a working directory over the limits, naming what to ignore."""
+def _check_limits(root: Path, entries: list[Entry], max_bytes: int, max_files: int,
+                  profile: str) -> None:
+    """Refuse a working directory over the limits, naming what to leave out."""
     total = sum(e.size for e in entries)
     if total <= max_bytes and len(entries) <= max_files:
         return
+    lines = [f"The project folder {root} is too big to package: {format_decimal(total)} in "
+             f"{len(entries):,} files; the limit is {format_decimal(max_bytes)} and "
+             f"{max_files:,} files."]
+    folders: Counter[str] = Counter()
+    for e in entries:
+        if "/" in e.path:
+            folders[e.path.split("/")[0] + "/"] += e.size
+    if folders:
+        lines.append("Largest top-level folders: " + ", ".join(
+            f"{name} ({format_decimal(size)})" for name, size in folders.most_common(5)))
     biggest = heapq.nlargest(5, entries, key=lambda e: e.size)
-    lines = [f"The working directory {root} is too big to package: {len(entries):,} files, "
-             f"{_human(total)} (the limit is {max_files:,} files and {_human(max_bytes)}).",
-             "Biggest files: " + ", ".join(f"{e.path} ({_human(e.size)})" for e in biggest)]
+    lines.append("Biggest files: " + ", ".join(
+        f"{e.path} ({format_decimal(e.size)})" for e in biggest))
     if len(entries) > max_files:
         crowded = Counter(e.path.split("/")[0] + "/" for e in entries if "/" in e.path)
         lines.append("Folders with the most files: " + ", ".join(
             f"{name} ({count:,} files)" for name, count in crowded.most_common(5)))
-    raise DstackError("\n".join(lines), hint=(
+    raise UsageError("\n".join(lines), (
         f"List data, checkpoints and environments in {root / DSTACKIGNORE} (gitignore syntax) "
-        "to leave them out of the code archive; share data through artifacts instead."))
-
-
-def _human(size: int) -> str:
-    """A byte count for people: 1.5 GiB."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+        "to leave them out of the code archive, and share data through artifacts; or raise "
+        f"the limit: `dstack config set {profile} max_code_size 500MB`."))

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from dstack.errors import NotFoundError, UsageError
 from dstack.home import write_private
 from dstack.names import did_you_mean
+from dstack.sizes import SizeError, parse_size
 
 PROFILE_NAME = r"^[a-z][a-z0-9-]{0,39}$"
 
@@ -86,14 +87,17 @@ def workspace_record(home: Path, profile: Profile) -> Path:
 
 
 SETTINGS: dict[str, tuple[str, ...]] = {
-    "local": ("store",),
+    "local": ("store", "max_code_size"),
     "aws": ("region", "aws_profile", "bucket", "store_url", "kms_key_id", "vpc_id", "subnet_id",
-            "ami", "public_ip", "caller_cidr", "max_duration", "wheel"),
+            "ami", "public_ip", "caller_cidr", "max_duration", "wheel", "max_code_size"),
     "gcp": ("project", "region", "zone", "credentials", "bucket", "store_url",
             "bucket_location", "kms_key", "network", "subnetwork", "image", "secure_boot",
-            "service_account_id", "caller_cidr", "max_duration", "wheel"),
+            "service_account_id", "caller_cidr", "max_duration", "wheel", "max_code_size"),
 }
-"""The settings each backend reads (docs/clouds.md says what each does)."""
+"""The settings each backend reads (docs/clouds.md says what each does; `max_code_size`,
+default 100MB, is the most a run's packaged code may hold)."""
+SIZES = ("max_code_size",)
+"""Settings that are sizes (`500MB`), checked when set."""
 FIXED = ("region", "zone", "project", "aws_profile", "credentials", "bucket", "store_url")
 """Settings `dstack config add` derives the store from: changed by adding the profile again."""
 
@@ -110,6 +114,12 @@ def set_setting(home: Path, name: str, key: str, value: str | None) -> Profile:
         raise UsageError(f"{key} is where profile {name!r} keeps its runs; it is not changed "
                          "in place", f"Add the profile again: `dstack config add "
                          f"{profile.backend} {name} ...`.")
+    if key in SIZES and value is not None:
+        try:
+            parse_size(value)
+        except SizeError as exc:
+            raise UsageError(f"{key}: {exc.message}", f"For example: `dstack config set "
+                             f"{name} {key} 500MB`.") from None
     settings = {k: v for k, v in profile.settings.items() if k != key}
     if value is not None:
         settings[key] = value

@@ -81,3 +81,15 @@ def format_size(size: int) -> str:
             text = f"{size / multiplier:.1f}".removesuffix(".0")
             return f"{text}{unit}"
     return f"{size}B"
+
+
+def format_decimal(size: int) -> str:
+    """`size` bytes in decimal units, as `max_code_size: 500MB` reads them: `116.1 kB`."""
+    if size < 1000:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("kB", "MB", "GB"):
+        value /= 1000
+        if value < 999.95:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1000:.1f} TB"

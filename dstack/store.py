@@ -91,6 +91,13 @@ class Store(ABC):
         to leave it as it is. Returns the document as stored afterwards.
         """
 
+    def list_times(self, prefix: str) -> dict[str, float]:
+        """Every key under `prefix` with the time (epoch seconds) its object was last written.
+
+        A store that cannot tell returns {}: nothing in it ever looks old.
+        """
+        return {}
+
     def available(self) -> bool:
         """Whether the store's bucket (or folder) exists, so reads mean something.
 
@@ -242,6 +249,13 @@ class LocalStore(Store):
             with suppress(FileNotFoundError):
                 st = e.stat()  # a linked file's version is its target's
                 out[key] = f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
+        return dict(sorted(out.items()))
+
+    def list_times(self, prefix: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key, e in self._files(prefix):
+            with suppress(FileNotFoundError):
+                out[key] = e.stat().st_mtime
         return dict(sorted(out.items()))
 
     def list_dirs(self, prefix: str) -> list[str]:

@@ -187,6 +187,12 @@ class GCSStore(Store):
         with self._errors(prefix, "listing"):
             return {b.name[cut:]: str(b.generation) for b in self._blobs(prefix)}
 
+    def list_times(self, prefix: str) -> dict[str, float]:
+        cut = len(self.prefix)
+        with self._errors(prefix, "listing"):
+            return {b.name[cut:]: b.updated.timestamp() for b in self._blobs(prefix)
+                    if b.updated is not None}
+
     def list_dirs(self, prefix: str) -> list[str]:
         cut = len(self.prefix + _prefix(prefix))
         with self._errors(prefix, "listing"):

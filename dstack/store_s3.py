@@ -295,6 +295,11 @@ class S3Store(Store):
         return {obj["Key"][cut:]: str(obj["ETag"]) for page in self._pages(prefix)
                 for obj in page.get("Contents", [])}
 
+    def list_times(self, prefix: str) -> dict[str, float]:
+        cut = len(self.prefix)
+        return {obj["Key"][cut:]: obj["LastModified"].timestamp() for page in self._pages(prefix)
+                for obj in page.get("Contents", [])}
+
     def list_dirs(self, prefix: str) -> list[str]:
         cut = len(self._list_prefix(prefix))
         names: set[str] = set()

@@ -1,6 +1,7 @@
 """From `dstack run TARGET ...` to a submitted run: spec, overrides, deps, job, code, record.
 
-`plan_run` does everything that can fail on bad input and creates nothing; `submit` then
+`plan_run` does everything that can fail on bad input and creates nothing (it counts the
+code to package and refuses a project over the profile's `max_code_size`); `submit` then
 packages the code, claims the run's name and brings up its stack.
 """
 
@@ -16,18 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dstack.code_archives import upload_code
 from dstack.errors import UsageError
 from dstack.interrupts import Deferred
 from dstack.job import ArtifactPath, Job
 from dstack.lifecycle import Context, Cursor, Say, _quiet, attach, provision, submitter
 from dstack.names import did_you_mean
-from dstack.packaging import package_code
+from dstack.packaging import DEFAULT_MAX_BYTES, CodeInventory, scan_code, write_code
+from dstack.profiles import Profile
 from dstack.provider_registry import PROVIDERS, provider_params
 from dstack.runs import RunRecord, create_run, run_stack_name
 from dstack.secrets import list_secrets
+from dstack.sizes import SizeError, parse_size
 from dstack.spec import DepRef, Workflow
 from dstack.spec_loader import check_workflow, load_workflows, validate_workflow
 from dstack.spec_problems import format_path
+from dstack.store import LocalStore
 from dstack.sync import read_log_chunks
 from dstack.tags import check_tag_name, resolve_ref, tag_key
 
@@ -60,6 +65,7 @@ class RunPlan:
     deps: list[str]
     tag: str | None
     project_dir: Path
+    code: CodeInventory | None = None
 
 
 def _target_data(project_dir: Path, target: str,
@@ -136,6 +142,28 @@ def _check_flags(provider: str, flags: dict[str, Any]) -> None:
                              f"Fix the value of {flag}; `dstack run --help` lists the flags.")
 
 
+def code_limit(profile: Profile) -> int:
+    """The most bytes a run's code may hold: the profile's `max_code_size`, else 100 MB."""
+    value = profile.settings.get("max_code_size")
+    if value in (None, ""):
+        return DEFAULT_MAX_BYTES
+    try:
+        return parse_size(value)
+    except SizeError as exc:
+        raise UsageError(f"profile {profile.name!r}: max_code_size: {exc.message}",
+                         f"Fix it: `dstack config set {profile.name} max_code_size 500MB`."
+                         ) from None
+
+
+def scan_project(ctx: Context, project_dir: Path) -> CodeInventory:
+    """What a run from `project_dir` would package with this profile (writes nothing); the
+    dstack home and a local store are never packaged."""
+    store = ctx.store
+    return scan_code(project_dir, max_bytes=code_limit(ctx.profile), home=ctx.home,
+                     protect=[store.root] if isinstance(store, LocalStore) else [],
+                     profile=ctx.profile.name)
+
+
 def make_job(wf: Workflow, args: list[str], outer_env: Mapping[str, str]) -> Job:
     """The job of a validated workflow (the provider supplies the command and ports)."""
     parts = wf.job_parts()  # type: ignore[attr-defined]
@@ -197,7 +225,7 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
         dep: DepRef = ref
         deps.append(resolve_ref(ctx.store, dep.workflow, dep.tag, ctx.listing_cache).name)
     return RunPlan(workflow=wf, workflow_name=name, job=job, deps=deps, tag=opts.tag,
-                   project_dir=project_dir)
+                   project_dir=project_dir, code=scan_project(ctx, project_dir))
 
 
 def dry_run(ctx: Context, plan: RunPlan) -> dict[str, Any]:
@@ -209,20 +237,28 @@ def dry_run(ctx: Context, plan: RunPlan) -> dict[str, Any]:
         resource = dict(item)
         stacks.setdefault(resource.pop("stack", "run-<name>"), []).append(resource)
     instance = next((r for r in stacks.get("run-<name>", []) if r.get("price_per_hour")), None)
+    code = plan.code or scan_project(ctx, plan.project_dir)
     return {"workflow": plan.workflow_name, "provider": plan.job.provider,
             "profile": ctx.profile.name, "backend": ctx.profile.backend, "deps": plan.deps,
             "job": plan.job.redacted(), "instance": instance,
+            "code": {"files": code.files, "bytes": code.bytes},
             "stacks": [{"name": name, "resources": items} for name, items in  # run last
                        sorted(stacks.items(), key=lambda kv: kv[0] == "run-<name>")]}
 
 
 def record_run(ctx: Context, plan: RunPlan, *, detached: bool = False,
                say: Say = _quiet) -> RunRecord:
-    """Package the code into the store and claim the run's name with its record."""
+    """Package the code into the store and claim the run's name with its record.
+
+    The project is scanned again: it may have changed since `plan_run` (a cloud profile's
+    first run brings its workspace up in between). What is left out is told through `say`.
+    """
+    inventory = scan_project(ctx, plan.project_dir)
+    for warning in inventory.warnings:
+        say(warning)
     with tempfile.TemporaryDirectory(prefix="dstack-code-") as tmp:
-        archive = package_code(plan.project_dir, Path(tmp))
-        if not ctx.store.exists(archive.store_key):
-            ctx.store.put_file(archive.store_key, archive.path)
+        archive = write_code(inventory, Path(tmp))
+        upload_code(ctx.store, archive)
     say(f"packaged {archive.files} file(s) of {plan.project_dir}")
 
     def make(name: str) -> RunRecord:

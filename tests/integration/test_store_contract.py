@@ -7,6 +7,7 @@ import hashlib
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -204,6 +205,17 @@ def test_list_and_list_dirs(store: Store) -> None:
     assert store.list_dirs("runs/a/") == ["logs", "run.json"]
     assert store.list_dirs("") == ["code", "runs", "tags"]
     assert store.list("run") == []  # a prefix is a folder, not the start of a name
+
+
+def test_list_times_say_when_each_object_was_written(store: Store) -> None:
+    """What `dstack gc` reads to leave archives of runs being submitted alone."""
+    before = time.time()
+    for key in ["code/a.tar.gz", "code/sub/b.tar.gz", "runs/x/run.json"]:
+        store.put_bytes(key, b"{}")
+    times = store.list_times("code/")
+    assert set(times) == {"code/a.tar.gz", "code/sub/b.tar.gz"}
+    assert all(before - 5 <= t <= time.time() + 5 for t in times.values()), times
+    assert store.list_times("nothing/") == {}
 
 
 def test_many_keys_pages_and_delete_prefix(store: Store) -> None:
