@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +94,8 @@ def test_artifact_of_a_running_detached_job_then_stop(dstack: Dstack) -> None:
     run = dstack.run_detached("slow")
     early = poll("out/early.json in the store", lambda: _json_file(
         dstack.artifact(run, "out/early.json")), timeout=90, every=0.05)
-    seen = time.time()
-    assert seen - early["t"] < 3.0, f"the artifact reached the store {seen - early['t']:.1f}s " \
-                                    "after the job wrote it"
+    # In the store while the job still runs (how soon is measured by `make bench`, not
+    # asserted here: a loaded machine once took 5 s).
     assert dstack.record(run)["status"] == "running"
     assert _holds_runner(dstack, run)
     [row] = dstack.ps(run)
