@@ -21,6 +21,7 @@ from bench.homes import BenchHome, log
 from bench.stats import Section, Target, fmt
 from dstack.job import ArtifactPath, Job
 from dstack.names import ADJECTIVES, ANIMALS
+from dstack.project import project_of
 from dstack.runs import RunRecord, Status, run_key, run_stack_name
 from dstack.store import LocalStore
 from dstack.tags import Tag, tag_key
@@ -47,8 +48,10 @@ def _iso(t: datetime) -> str:
 
 
 def generate(h: BenchHome, n_runs: int, n_tags: int) -> list[str]:
-    """Write `n_runs` finished runs and `n_tags` tags into the home's store; run names."""
+    """Write `n_runs` finished runs of the home's project and `n_tags` tags into its store;
+    run names."""
     store = LocalStore(h.store)
+    project = project_of(h.project)
     job = Job(provider="python", argv=["python", "train.py"], args=["--epoch", "10"],
               artifacts=[ArtifactPath(path="checkpoint")], resources={"interruptible": False})
     start = datetime.now(timezone.utc) - timedelta(minutes=n_runs + 10)
@@ -62,7 +65,8 @@ def generate(h: BenchHome, n_runs: int, n_tags: int) -> list[str]:
         submitted = start + timedelta(minutes=i)
         failed = i % 17 == 0
         record = RunRecord(
-            name=name, workflow=workflows[i % 3], provider="python", profile="local",
+            name=name, workflow=workflows[i % 3], project=project, provider="python",
+            profile="local",
             backend="local", status=Status.FAILED if failed else Status.DONE,
             submitted_at=_iso(submitted), started_at=_iso(submitted + timedelta(seconds=3)),
             finished_at=_iso(submitted + timedelta(seconds=45)), exit_code=1 if failed else 0,

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.main
 
 from dstack.cli import output
 from dstack.cli.artifacts_cmds import artifacts_app
 from dstack.cli.config_cmds import config_app
+from dstack.cli.mistakes import check_argv
 from dstack.cli.runs_cmds import register_run_commands
 from dstack.cli.secrets_cmds import secrets_app
 from dstack.cli.tags_cmds import tags_app
@@ -23,6 +25,7 @@ app = typer.Typer(
     help="Run ML workflows on this machine or on GPU instances in your own cloud. "
          "Each run is an ephemeral Pulumi stack.",
     no_args_is_help=True,
+    rich_markup_mode=None,  # click's plain help: a flag shows no type (rich showed `<bool>`)
     pretty_exceptions_enable=False,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -73,6 +76,8 @@ def main() -> None:
         cut = argv.index("--", argv.index("run"))
         argv, output.state.after_dashes = argv[:cut], argv[cut + 1:]
     try:
+        command = typer.main.get_command(app)
+        check_argv(command, argv)
         provider_help = None
         if "run" in argv and ("--help" in argv or "-h" in argv):  # imported only then
             from dstack.cli import provider_help  # `dstack run NAME --help`: its fields
@@ -81,7 +86,7 @@ def main() -> None:
         else:
             # The name in usage lines is `dstack` however it was started (click would
             # say `python -m ...` under `python -m`).
-            rv = app(args=argv, prog_name="dstack", standalone_mode=False)
+            rv = command(args=argv, prog_name="dstack", standalone_mode=False)
     except DstackError as exc:
         if debug:
             traceback.print_exc()

@@ -128,8 +128,7 @@ def remove(name: Name,
     """Remove a profile (its bucket and runs stay)."""
     from dstack.profiles import remove_profile
 
-    if not yes and not typer.confirm(f"Remove profile {name}?", default=False):
-        raise typer.Exit(1)
+    output.confirm(f"Remove profile {name}?", yes)
     remove_profile(dstack_home(), name)
     output.say(f"removed profile {name}")
 

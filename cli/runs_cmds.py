@@ -41,11 +41,6 @@ def open_context(profile: str | None) -> Context:
     return ctx
 
 
-def _confirm(question: str, yes: bool) -> None:
-    if not yes and not typer.confirm(question, default=False):
-        raise typer.Exit(1)
-
-
 def _ago(ts: str) -> str:
     return datetime.fromisoformat(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
@@ -134,16 +129,27 @@ def register_run_commands(app: typer.Typer) -> None:
     def ps(
         run_name: Annotated[str | None, typer.Argument(metavar="RUN", help="One run.")] = None,
         all_runs: Annotated[bool, typer.Option("-a", "--all", help="All runs.")] = False,
+        all_projects: Annotated[bool, typer.Option(
+            "--all-projects", help="Runs of every project, not only this one's.")] = False,
+        project: Annotated[Path, typer.Option("--project", "-C",
+                                              help="Project folder.")] = Path("."),
         profile: Profile = None,
         json_out: JsonOpt = False,
     ) -> None:
-        """List runs: unfinished ones and the 10 most recent (all with -a)."""
-        from dstack.listing import run_docs, run_summary
+        """List the project's runs: unfinished ones and the 10 most recent (all with -a)."""
+        from dstack.listing import project_runs, run_docs, run_summary
+        from dstack.project import project_label, project_of
         from dstack.tags import tags_of
 
         ctx = open_context(profile)
         docs = ([load_run(ctx.store, run_name).model_dump(mode="json")] if run_name
                 else run_docs(ctx.store, ctx.listing_cache))
+        if not all_projects and not run_name:
+            every, here = len(docs), project_of(project)
+            docs = project_runs(docs, here)
+            if not docs and every:
+                output.say(f"no runs of this project ({here}); `dstack ps -a --all-projects` "
+                           f"lists the {every} run(s) of other projects")
         if not all_runs and not run_name:
             recent = {d["name"] for d in docs[:10]}
             docs = [d for d in docs if d["status"] not in FINISHED or d["name"] in recent]
@@ -153,12 +159,14 @@ def register_run_commands(app: typer.Typer) -> None:
         if json_out:
             output.print_json(rows)
             return
-        cols = ["RUN", "WORKFLOW", "PROVIDER", "STATUS", "SUBMITTED", "DURATION", "BACKEND",
-                "TAGS", "ARTIFACTS"]
+        cols = ["RUN", "WORKFLOW", *(["PROJECT"] if all_projects else []), "PROVIDER",
+                "STATUS", "SUBMITTED", "DURATION", "BACKEND", "TAGS", "ARTIFACTS"]
         if any(r["apps"] for r in rows):
             cols.append("APPS")
         output.table(cols, [
-            [str(r["run"]), str(r["workflow"]), str(r["provider"]), str(r["status"]),
+            [str(r["run"]), str(r["workflow"]),
+             *([project_label(r["project"])] if all_projects else []),  # type: ignore[arg-type]
+             str(r["provider"]), str(r["status"]),
              _ago(str(r["submitted"])), _duration(r["duration"]),  # type: ignore[arg-type]
              str(r["backend"]), ", ".join(r["tags"]),  # type: ignore[arg-type]
              ", ".join(r["artifacts"]),  # type: ignore[arg-type]
@@ -190,7 +198,7 @@ def register_run_commands(app: typer.Typer) -> None:
         ctx = open_context(profile)
         run = load_run(ctx.store, run_name)
         if not run.status.finished:
-            _confirm(f"{'Abort' if abort else 'Stop'} run {run_name}?", yes)
+            output.confirm(f"{'Abort' if abort else 'Stop'} run {run_name}?", yes)
         final = stop(ctx, run_name, abort=abort, say=output.say)
         output.say(f"{run_name} {final.status.value}")
 
@@ -205,7 +213,7 @@ def register_run_commands(app: typer.Typer) -> None:
 
         ctx = open_context(profile)
         load_run(ctx.store, run_name)
-        _confirm(f"Delete run {run_name} with its logs and artifacts?", yes)
+        output.confirm(f"Delete run {run_name} with its logs and artifacts?", yes)
         remove_run(ctx, run_name, tags_of(ctx.store, ctx.listing_cache).get(run_name, []))
         output.say(f"removed {run_name}")
 

@@ -48,7 +48,6 @@ def delete(name: Annotated[str, typer.Argument(help="Variable name.")], yes: Yes
     from dstack.secrets import delete_secret
 
     ctx = open_context(profile)
-    if not yes and not typer.confirm(f"Delete secret {name}?", default=False):
-        raise typer.Exit(1)
+    output.confirm(f"Delete secret {name}?", yes)
     delete_secret(ctx.store, name)
     output.say(f"deleted secret {name}")

@@ -25,6 +25,7 @@ def add_cmd(
     """Tag a successful run, or upload local files as a tagged set of artifacts."""
     from dstack.artifacts import upload_as_tag
     from dstack.errors import UsageError
+    from dstack.project import project_of
     from dstack.runs import load_run
     from dstack.tags import add_tag
 
@@ -38,7 +39,7 @@ def add_cmd(
     else:
         ctx.ensure_workspace(output.say)
         run = upload_as_tag(ctx.store, tag, artifact or [], Path.cwd(), ctx.profile.name,
-                            ctx.profile.backend)
+                            ctx.profile.backend, project_of(Path.cwd()))
         output.say(f"uploaded {len(artifact or [])} path(s) as {run.name}, tagged {tag}")
 
 
@@ -67,7 +68,6 @@ def delete_cmd(
 
     ctx = open_context(profile)
     load_tag(ctx.store, tag)
-    if not yes and not typer.confirm(f"Delete tag {tag}?", default=False):
-        raise typer.Exit(1)
+    output.confirm(f"Delete tag {tag}?", yes)
     delete_tag(ctx.store, tag)
     output.say(f"deleted tag {tag}")

@@ -60,8 +60,9 @@ def download(store: Store, run: str, out_dir: Path, path: str | None = None) -> 
 
 
 def upload_as_tag(store: Store, tag: str, paths: list[str], root: Path, profile: str,
-                  backend: str) -> RunRecord:
-    """Upload local files or folders as the artifacts of a new finished run tagged `tag`.
+                  backend: str, project: str | None = None) -> RunRecord:
+    """Upload local files or folders as the artifacts of a new finished run tagged `tag`, a
+    run of `project`.
 
     When the upload fails, or another upload took the tag meanwhile, the new run is removed.
     """
@@ -83,7 +84,8 @@ def upload_as_tag(store: Store, tag: str, paths: list[str], root: Path, profile:
     job = Job(provider="upload", artifacts=[ArtifactPath(path=r) for r in rels])
 
     def make(name: str) -> RunRecord:
-        return RunRecord(name=name, provider="upload", profile=profile, backend=backend,
+        return RunRecord(name=name, provider="upload", project=project, profile=profile,
+                         backend=backend,
                          job=job, stack=run_stack_name(name), torn_down=True,
                          status=Status.UPLOADING, started_at=now(),
                          submitter={"pid": os.getpid()})

@@ -31,7 +31,7 @@ from dstack.errors import (
 from dstack.home import dstack_home, private_dir
 from dstack.interrupts import Deferred, deferred_sigint
 from dstack.listing import run_docs, settled
-from dstack.procs import process_alive, process_start_ticks
+from dstack.procs import process_alive, process_start_ticks, shell_exit_code
 from dstack.profiles import Profile, get_profile, store_url, workspace_record
 from dstack.runs import (
     RunRecord,
@@ -433,7 +433,7 @@ def exit_code(run: RunRecord) -> int:
     code = run.exit_code
     if code is None or code == 0:
         return 130 if run.status in (Status.STOPPED, Status.ABORTED) else 1
-    return 128 - code if code < 0 else code
+    return shell_exit_code(code)
 
 
 def remove_run(ctx: Context, run_name: str, tags: list[str]) -> None:

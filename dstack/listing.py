@@ -20,9 +20,11 @@ from dstack.runs import TERMINAL, run_key
 from dstack.store import Store
 
 _FINAL = {s.value for s in TERMINAL}
-LISTED = ("name", "workflow", "provider", "status", "submitted_at", "started_at",
+LISTED = ("name", "workflow", "project", "provider", "status", "submitted_at", "started_at",
           "finished_at", "backend", "exit_code", "message", "torn_down")
 """The fields of a settled run that listings read (and `job.artifacts`, as paths)."""
+CACHE_VERSION = 3
+"""Of the cache file; a cache of another version (2 kept no `project`) is rebuilt."""
 _loaded: dict[Path, dict[str, Any]] = {}
 
 
@@ -40,7 +42,7 @@ def _load(path: Path | None, store: Store) -> dict[str, Any]:
             doc = json.loads(path.read_bytes())
         except (OSError, ValueError):
             doc = {}
-        _loaded[path] = doc if isinstance(doc, dict) and doc.get("version") == 2 else {}
+        _loaded[path] = doc if isinstance(doc, dict) and doc.get("version") == CACHE_VERSION else {}
     doc = _loaded[path]
     return doc if doc.get("store") == store.url else {}
 
@@ -78,9 +80,15 @@ def run_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
                 dirty = True
         fresh[name] = doc
     if dirty or len([n for n in cached if n in fresh]) != len(cached):
-        _save(cache, {"version": 2, "store": store.url, "tags": whole.get("tags", {}),
+        _save(cache, {"version": CACHE_VERSION, "store": store.url, "tags": whole.get("tags", {}),
                       "runs": {n: d for n, d in fresh.items() if settled(d)}})
     return sorted(fresh.values(), key=lambda d: str(d.get("submitted_at", "")), reverse=True)
+
+
+def project_runs(docs: list[dict[str, Any]], project: str | None) -> list[dict[str, Any]]:
+    """The documents of runs of `project` (None: of the unknown project, recorded before
+    runs had one)."""
+    return [d for d in docs if d.get("project") == project]
 
 
 def tag_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
@@ -101,7 +109,7 @@ def tag_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
             dirty = True
         fresh[key] = entry
     if dirty or len(fresh) != len(cached):
-        whole = {**whole, "version": 2, "store": store.url, "tags": fresh}
+        whole = {**whole, "version": CACHE_VERSION, "store": store.url, "tags": fresh}
         whole.setdefault("runs", {})
         _save(cache, whole)
     docs = [e["doc"] for e in fresh.values()]
@@ -124,6 +132,7 @@ def run_summary(doc: dict[str, Any], tags: list[str], now: float) -> dict[str, A
     job = doc.get("job") or {}
     return {
         "run": doc.get("name"), "workflow": doc.get("workflow") or "",
+        "project": doc.get("project"),
         "provider": doc.get("provider"), "status": doc.get("status"),
         "submitted": doc.get("submitted_at"), "duration": duration,
         "backend": doc.get("backend"), "tags": tags,

@@ -39,7 +39,13 @@ def run_name_candidates(rng: random.Random | None = None) -> Iterable[str]:
         n += 1
 
 
+def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The one of `choices` closest to `word` (similarity at least `cutoff`), or None."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """`Did you mean "x"?` for the closest of `choices`, or None when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f'Did you mean "{close[0]}"?' if close else None
+    close = closest(word, choices)
+    return f'Did you mean "{close}"?' if close else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from pathlib import Path
 
 
@@ -48,3 +49,24 @@ def session_members(sid: int) -> list[int]:
             if int(fields[3]) == sid:
                 pids.append(int(entry.name))
     return pids
+
+
+def shell_exit_code(code: int) -> int:
+    """A process's exit code as a shell reports it: 128+N when signal N ended it (Python's
+    `returncode` says -N)."""
+    return 128 - code if code < 0 else code
+
+
+def signal_name(number: int) -> str:
+    """`SIGTERM` for 15; the number itself for a signal Python does not name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def describe_exit(code: int) -> str:
+    """`exit code 1`, or `exit code 143, signal SIGTERM` for a process signal 15 ended."""
+    if code >= 0:
+        return f"exit code {code}"
+    return f"exit code {shell_exit_code(code)}, signal {signal_name(-code)}"

@@ -27,6 +27,7 @@ from pathlib import Path
 from dstack.archive import extract_archive, safe_join
 from dstack.errors import DstackError, StoreError
 from dstack.jobscript import render_job_script
+from dstack.procs import describe_exit, shell_exit_code, signal_name
 from dstack.pyenv import python_env
 from dstack.runs import (
     App,
@@ -289,8 +290,7 @@ class Runner:
             self._finish(Status.STOPPED, code, "stopped by the user", sync, final_sync=True)
         else:
             status = Status.DONE if code == 0 else Status.FAILED
-            self._finish(status, code, None if code == 0 else f"the job exited with {code}",
-                         sync, final_sync=True)
+            self._finish(status, code, job_message(code), sync, final_sync=True)
         return 0
 
     def _finish(self, status: Status, code: int | None, message: str | None,
@@ -305,7 +305,8 @@ class Runner:
                 status, message = Status.FAILED, f"artifact sync failed: {exc}"
         if status is Status.DONE and self.sync_error and sync.changed():
             status, message = Status.FAILED, f"artifact sync failed: {self.sync_error}"
-        self.log.say(f"run {status.value}" + (f" (exit code {code})" if code is not None else ""))
+        self.log.say(f"run {status.value}" + (f" ({describe_exit(code)})" if code is not None
+                                               else ""))
         with contextlib.suppress(StoreError):
             self.log.flush()
         self.run = update_run(self.store, self.run.name, status=status.value, exit_code=code,
@@ -317,6 +318,16 @@ class Runner:
                 self.log.say(f"could not tag the run: {exc}")
                 with contextlib.suppress(StoreError):
                     self.log.flush()
+
+
+def job_message(code: int | None) -> str | None:
+    """The run's message for a job that ended with `code`: None when it succeeded."""
+    if code is None or code == 0:
+        return None
+    if code < 0:
+        return f"the job was ended by signal {signal_name(-code)} (exit code " \
+               f"{shell_exit_code(code)})"
+    return f"the job exited with {code}"
 
 
 def salvage(store_url: str, run_name: str, workdir: Path) -> None:

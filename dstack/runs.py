@@ -66,6 +66,8 @@ class RunRecord(BaseModel):
     version: int = Field(SCHEMA_VERSION, description="Schema version of this document.")
     name: str
     workflow: str | None = Field(None, description="Workflow name; None for a provider form.")
+    project: str | None = Field(None, description="The project it belongs to: its git remote's "
+                                "URL (no credentials), else its folder; None in older records.")
     provider: str
     profile: str
     backend: str

@@ -7,9 +7,11 @@ Units (case-insensitive, an optional space between number and unit, decimals all
 - `KiB`, `MiB`, `GiB`, `TiB` — binary, powers of 1024;
 - `K`, `M`, `G`, `T` — binary, powers of 1024, as Docker reads `--shm-size 1g`.
 
-A bare number (`1024` or `"1024"`) is a count of bytes, never gigabytes: write `16GB`, not
-`16`. Decimal GB is at most 7% smaller than GiB, so `memory: 16GB` still fits a machine sold
-as "16 GB" (which is 16 GiB).
+Text needs a unit: `"16"` is refused (it read as 16 bytes, which every machine has), and
+bytes are written `16B`. An int is a count of bytes: that is how dstack itself keeps sizes in
+a run's record; a workflow file's `memory: 16` is refused by the spec (`dstack.spec_fields`).
+Decimal GB is at most 7% smaller than GiB, so `memory: 16GB` still fits a machine sold as
+"16 GB" (which is 16 GiB).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from decimal import Decimal, InvalidOperation
 from dstack.errors import UsageError
 
 _UNITS: dict[str, int] = {
-    "": 1,
     "b": 1,
     "kb": 1000,
     "mb": 1000**2,
@@ -37,6 +38,8 @@ _UNITS: dict[str, int] = {
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
 EXAMPLES = "512MB, 16GB, 1.5TiB, 8G"
+UNIT_WORDS = frozenset(_UNITS)
+"""The units in lower case: `16 GB` on a command line is two words, this is the second."""
 
 
 class SizeError(UsageError, ValueError):
@@ -46,8 +49,8 @@ class SizeError(UsageError, ValueError):
 def parse_size(value: str | int) -> int:
     """Bytes in `value`: an int (bytes) or text such as `"16GB"`, `"1.5 GiB"`, `"512m"`.
 
-    Raises `SizeError` naming the bad value and showing good ones. Negative sizes, fractions
-    of a byte, booleans and unknown units are refused.
+    Raises `SizeError` naming the bad value and showing good ones. Text without a unit,
+    negative sizes, fractions of a byte, booleans and unknown units are refused.
     """
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise SizeError(f"expected a size such as {EXAMPLES}, got {value!r}")
@@ -59,6 +62,8 @@ def parse_size(value: str | int) -> int:
     if not match:
         raise SizeError(f'invalid size "{value}": use a number and a unit, e.g. {EXAMPLES}')
     number, unit = match.groups()
+    if not unit:
+        raise SizeError(no_unit_message(value))
     multiplier = _UNITS.get(unit.lower())
     if multiplier is None:
         raise SizeError(
@@ -72,6 +77,12 @@ def parse_size(value: str | int) -> int:
     if exact != exact.to_integral_value():
         raise SizeError(f'invalid size "{value}": not a whole number of bytes; use e.g. {EXAMPLES}')
     return int(exact)
+
+
+def no_unit_message(number: object) -> str:
+    """Why the size `number` (text or a number) without a unit is refused, and what to write."""
+    return (f'invalid size "{number}": a size needs a unit, e.g. 16GB, 512MB, 1.5TB or 16GiB '
+            "(KB, MB, GB, TB count in 1000s, KiB, MiB, GiB, TiB in 1024s; B is bytes)")
 
 
 def format_size(size: int) -> str:

@@ -1,10 +1,10 @@
 """Field types of the workflow spec: the annotated types workflow and provider fields use.
 
 Each type carries its validator and, where pydantic cannot infer it, its JSON Schema:
-`Count`, `Size` ("16GB"), `Args` (a string split like a shell or a list), `Version`, `Scalar`,
-`relative_path(...)`, and the environment types `EnvName`, `EnvItem` (`KEY=VALUE`, whose
-`$VAR` references `interpolate` fills in at run time) and `Environment`. `describe` shows a
-value the way every spec message does.
+`Count`, `Size` ("16GB"; a bare number is refused under `UNITS_REQUIRED`), `Args` (a string
+split like a shell or a list), `Version`, `Scalar`, `relative_path(...)`, and the environment
+types `EnvName`, `EnvItem` (`KEY=VALUE`, whose `$VAR` references `interpolate` fills in at run
+time) and `Environment`. `describe` shows a value the way every spec message does.
 """
 
 from __future__ import annotations
@@ -15,10 +15,19 @@ import shlex
 from collections.abc import Mapping
 from typing import Annotated, cast
 
-from pydantic import AfterValidator, BeforeValidator, PlainValidator, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    PlainValidator,
+    ValidationInfo,
+    WithJsonSchema,
+)
 
-from dstack.sizes import EXAMPLES, parse_size
+from dstack.sizes import EXAMPLES, no_unit_message, parse_size
 
+UNITS_REQUIRED = "units_required"
+"""Validation context key: sizes are what a person wrote, so a number without a unit (YAML's
+`memory: 16`) is refused. Without it a number is bytes, as a run's record keeps sizes."""
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VAR = re.compile(
     r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*)|(\{))"
@@ -57,9 +66,12 @@ def _count(value: object) -> object:
     return value
 
 
-def _size(value: object) -> int:
+def _size(value: object, info: ValidationInfo) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and \
+            (info.context or {}).get(UNITS_REQUIRED):
+        raise ValueError(no_unit_message(value))
     size = parse_size(cast("str | int", value))
     if size == 0:
         raise ValueError(f"a size must be more than 0; use e.g. {EXAMPLES}")
@@ -166,10 +178,8 @@ Size = Annotated[
     BeforeValidator(_size),
     WithJsonSchema(
         {
-            "anyOf": [
-                {"type": "string", "pattern": r"^\s*(\d+(\.\d*)?|\.\d+)\s*[A-Za-z]*\s*$"},
-                {"type": "integer", "minimum": 1},
-            ],
+            "type": "string",
+            "pattern": r"^\s*(\d+(\.\d*)?|\.\d+)\s*[A-Za-z]+\s*$",
             "examples": ["16GB", "512MiB"],
         }
     ),

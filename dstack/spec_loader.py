@@ -23,7 +23,7 @@ from dstack.errors import SpecError, UsageError
 from dstack.names import did_you_mean
 from dstack.provider_registry import PROVIDERS, providers_hint, unknown_provider_message
 from dstack.spec import Workflow, workflow_model
-from dstack.spec_fields import describe
+from dstack.spec_fields import UNITS_REQUIRED, describe
 from dstack.spec_problems import MAX_PROBLEMS as MAX_PROBLEMS
 from dstack.spec_problems import FieldPath, Locate, Problem, spec_error
 from dstack.spec_yaml import Marks, parse_yaml, read_text
@@ -117,8 +117,13 @@ def check_workflow(
     origin: str = COMMAND_LINE,
     path: FieldPath = (),
     locate: Locate | None = None,
+    units_required: bool = False,
 ) -> tuple[Workflow | None, list[Problem]]:
-    """Validate one workflow mapping: the workflow, or None and every problem found."""
+    """Validate one workflow mapping: the workflow, or None and every problem found.
+
+    `units_required`: the mapping is what a person wrote, so a size that is a bare number
+    is refused rather than read as bytes.
+    """
 
     def problem(sub: FieldPath, message: str, key: bool = False) -> Problem:
         return _problem(origin, locate, path + sub, message, key)
@@ -135,7 +140,8 @@ def check_workflow(
         return None, [problem(("provider",), message)]
     model = workflow_model(provider)
     try:
-        return model.model_validate(dict(data)), []
+        context = {UNITS_REQUIRED: True} if units_required else None
+        return model.model_validate(dict(data), context=context), []
     except ValidationError as e:
         errors = e.errors(include_url=False)
     problems, meant = [], set()
@@ -272,7 +278,8 @@ def _check_file(
     entries = []
     for i, item in enumerate(items if isinstance(items, list) else []):
         item_path: FieldPath = ("workflows", i)
-        workflow, found = check_workflow(item, origin=origin, path=item_path, locate=locate)
+        workflow, found = check_workflow(item, origin=origin, path=item_path, locate=locate,
+                                         units_required=True)
         if isinstance(item, Mapping) and "name" not in item:
             found.insert(0, problem(item_path, '"name" is required'))
         elif isinstance(item, Mapping) and item["name"] is None:

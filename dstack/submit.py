@@ -25,6 +25,7 @@ from dstack.lifecycle import Context, Cursor, Say, _quiet, attach, provision, su
 from dstack.names import did_you_mean
 from dstack.packaging import DEFAULT_MAX_BYTES, CodeInventory, scan_code, write_code
 from dstack.profiles import Profile
+from dstack.project import project_of
 from dstack.provider_registry import PROVIDERS, provider_params
 from dstack.runs import RunRecord, create_run, run_stack_name
 from dstack.secrets import list_secrets
@@ -66,6 +67,7 @@ class RunPlan:
     tag: str | None
     project_dir: Path
     code: CodeInventory | None = None
+    project: str | None = None
 
 
 def _target_data(project_dir: Path, target: str,
@@ -220,12 +222,15 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
                          f"Add it: `dstack secrets add {missing[0]}` (the value is asked "
                          "for without echo).")
     ctx.backend.check_resources(job)
+    project = project_of(project_dir)
     deps = []
     for ref in wf.depends_on:
         dep: DepRef = ref
-        deps.append(resolve_ref(ctx.store, dep.workflow, dep.tag, ctx.listing_cache).name)
+        deps.append(resolve_ref(ctx.store, dep.workflow, dep.tag, ctx.listing_cache,
+                                project=project).name)
     return RunPlan(workflow=wf, workflow_name=name, job=job, deps=deps, tag=opts.tag,
-                   project_dir=project_dir, code=scan_project(ctx, project_dir))
+                   project_dir=project_dir, code=scan_project(ctx, project_dir),
+                   project=project)
 
 
 def dry_run(ctx: Context, plan: RunPlan) -> dict[str, Any]:
@@ -238,7 +243,8 @@ def dry_run(ctx: Context, plan: RunPlan) -> dict[str, Any]:
         stacks.setdefault(resource.pop("stack", "run-<name>"), []).append(resource)
     instance = next((r for r in stacks.get("run-<name>", []) if r.get("price_per_hour")), None)
     code = plan.code or scan_project(ctx, plan.project_dir)
-    return {"workflow": plan.workflow_name, "provider": plan.job.provider,
+    return {"workflow": plan.workflow_name, "project": plan.project,
+            "provider": plan.job.provider,
             "profile": ctx.profile.name, "backend": ctx.profile.backend, "deps": plan.deps,
             "job": plan.job.redacted(), "instance": instance,
             "code": {"files": code.files, "bytes": code.bytes},
@@ -263,7 +269,8 @@ def record_run(ctx: Context, plan: RunPlan, *, detached: bool = False,
 
     def make(name: str) -> RunRecord:
         return RunRecord(
-            name=name, workflow=plan.workflow_name, provider=plan.workflow.provider,
+            name=name, workflow=plan.workflow_name, project=plan.project,
+            provider=plan.workflow.provider,
             profile=ctx.profile.name, backend=ctx.profile.backend, job=plan.job,
             deps=plan.deps, code=archive.sha256, tag=plan.tag, stack=run_stack_name(name),
             submitter=submitter(), detached=detached,

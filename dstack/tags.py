@@ -1,7 +1,9 @@
 """Tags: names for runs whose artifacts other workflows and people reuse.
 
 A tag is the document `tags/<tag>.json` pointing at one run. `latest` is not a tag: it is
-the newest successful run of a workflow, found when a dependency is resolved.
+the newest successful run of a workflow in the project, found when a dependency is resolved.
+Tags are global, so that `:TAG` shares a run across projects on purpose; `wf:latest` and
+`wf:TAG` name only runs of the project that asks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dstack.errors import NotFoundError, UsageError
 from dstack.listing import run_docs, tag_docs
 from dstack.names import did_you_mean
+from dstack.project import project_label
 from dstack.runs import RunRecord, Status, load_run, now
 from dstack.store import Store
 
@@ -111,28 +114,55 @@ def tags_of(store: Store, cache: Path | None = None) -> dict[str, list[str]]:
     return out
 
 
-def latest_run(store: Store, workflow: str, cache: Path | None = None) -> RunRecord | None:
-    """The newest successful run of `workflow`."""
-    for doc in run_docs(store, cache):
-        if doc.get("workflow") == workflow and doc.get("status") == Status.DONE.value:
+def _successful(store: Store, workflow: str, cache: Path | None) -> list[dict[str, Any]]:
+    """Documents of the successful runs of `workflow` in every project, newest first."""
+    return [doc for doc in run_docs(store, cache)
+            if doc.get("workflow") == workflow and doc.get("status") == Status.DONE.value]
+
+
+def latest_run(store: Store, workflow: str, project: str | None,
+               cache: Path | None = None) -> RunRecord | None:
+    """The newest successful run of `workflow` in `project`."""
+    for doc in _successful(store, workflow, cache):
+        if doc.get("project") == project:
             return load_run(store, str(doc["name"]))
     return None
 
 
-def resolve_ref(store: Store, workflow: str | None, tag: str,
-                cache: Path | None = None) -> RunRecord:
-    """The run a dependency `wf:latest`, `wf:TAG` or `:TAG` names; says what to run if none."""
+def _no_latest(store: Store, workflow: str, project: str | None,
+               cache: Path | None) -> NotFoundError:
+    """What `wf:latest` says when the project has no successful run of `wf`."""
+    others = {doc.get("project") for doc in _successful(store, workflow, cache)} - {project}
+    hint = f"Run it first: `dstack run {workflow}`."
+    if others:
+        n = len(others)
+        hint = (f"Runs of {workflow} exist in {n} other project{'s' if n > 1 else ''} "
+                f"(`dstack ps -a --all-projects`); tag one (`dstack tags add TAG RUN`) and use "
+                f"`:TAG`, or run it here: `dstack run {workflow}`.")
+    return NotFoundError(f"{workflow}:latest: workflow {workflow!r} has no successful run in "
+                         f"this project ({project_label(project)})", hint)
+
+
+def resolve_ref(store: Store, workflow: str | None, tag: str, cache: Path | None = None, *,
+                project: str | None) -> RunRecord:
+    """The run a dependency `wf:latest`, `wf:TAG` or `:TAG` names, `wf:...` within `project`
+    (a tag is global: `:TAG` names a run of any project); says what to run if none."""
     if tag == "latest":
         if workflow is None:
             raise UsageError("':latest' needs a workflow name", "Write it as `WORKFLOW:latest`.")
-        run = latest_run(store, workflow, cache)
+        run = latest_run(store, workflow, project, cache)
         if run is None:
-            raise NotFoundError(f"{workflow}:latest: workflow {workflow!r} has no successful run",
-                                f"Run it first: `dstack run {workflow}`.")
+            raise _no_latest(store, workflow, project, cache)
         return run
     found = load_tag(store, tag)
     if workflow is not None and found.workflow != workflow:
         raise NotFoundError(
             f"{workflow}:{tag}: tag {tag!r} belongs to workflow {found.workflow!r}, "
             f"not {workflow!r}", f"Use `:{tag}` or `{found.workflow}:{tag}`.")
-    return load_run(store, found.run)
+    run = load_run(store, found.run)
+    if workflow is not None and run.project != project:
+        raise NotFoundError(
+            f"{workflow}:{tag}: tag {tag!r} is on run {run.name} of another project "
+            f"({project_label(run.project)})",
+            f"A tag can be shared across projects on purpose: use `:{tag}`.")
+    return run

@@ -134,7 +134,7 @@ def test_the_aws_user_data_runs_a_job_end_to_end_against_s3(
     assert any(line.startswith("-h +") for line in shutdowns), shutdowns  # the watchdog
 
     # The CLI sees the run exactly as for any other.
-    [row] = json.loads(cli(home, "ps", "--json", "-a").stdout)
+    [row] = json.loads(cli(home, "ps", "--json", "-a", "-C", str(project)).stdout)
     assert (row["run"], row["status"], row["backend"]) == (run.name, "done", "aws")
     logs = cli(home, "logs", run.name).stdout
     assert "trained on the instance ['--epochs', '2'] token ***" in logs

@@ -37,8 +37,7 @@ KIB, MIB, GIB, TIB = 1024, 1024**2, 1024**3, 1024**4
         (".5G", GIB // 2),
         ("100B", 100),
         ("100b", 100),
-        ("1024", 1024),
-        ("0", 0),
+        ("0B", 0),
         (1024, 1024),
         (0, 0),
     ],
@@ -55,7 +54,7 @@ def test_parse_size_reads_units(text: str | int, expected: int) -> None:
         ("", '""'),
         ("GB", '"GB"'),
         ("-1GB", '"-1GB"'),
-        ("1.5", "not a whole number of bytes"),
+        ("1.5B", "not a whole number of bytes"),
         ("0.3B", "not a whole number of bytes"),
         ("1,5GB", '"1,5GB"'),
         ("1e9", '"1e9"'),
@@ -68,6 +67,17 @@ def test_parse_size_rejects_bad_text_naming_it(value: str, fragment: str) -> Non
     message = str(caught.value)
     assert fragment in message
     assert "16GB" in message  # an example of a good value
+
+
+@pytest.mark.parametrize("value", ["16", "1024", "0", "1.5", " 16 ", ".5"])
+def test_a_size_without_a_unit_is_refused_listing_the_forms(value: str) -> None:
+    # `--memory 16` meant 16 bytes until a unit became required; bytes are written `16B`.
+    with pytest.raises(SizeError) as caught:
+        parse_size(value)
+    message = str(caught.value)
+    assert f'invalid size "{value}"' in message and "needs a unit" in message
+    for form in ("16GB", "512MB", "1.5TB", "16GiB"):
+        assert form in message
 
 
 @pytest.mark.parametrize("value", [True, False, 1.5, None, [16], -1])

@@ -287,13 +287,47 @@ def test_resources() -> None:
         ({"cpu": 0}, "resources.cpu", "at least 1"),
         ({"cpu": True}, "resources.cpu", "true"),
         ({"disk": 0}, "resources.disk", "more than 0"),
-        ({"shm_size": "1.5"}, "shm_size", "whole"),
+        ({"shm_size": "1.5B"}, "shm_size", "whole"),
+        ({"shm_size": "1.5"}, "shm_size", "needs a unit"),
+        ({"memory": "16"}, "resources.memory", 'invalid size "16": a size needs a unit'),
         ({"cpus": 2}, "resources.cpus", 'Did you mean "cpu"?'),
     ],
 )
 def test_bad_resources_are_explained(resources: dict, where: str, fragment: str) -> None:
     message = check(python(resources=resources))
     assert where in message and fragment in message
+
+
+@pytest.mark.parametrize(
+    ("resources", "where"),
+    [
+        ("{memory: 16}", "resources.memory"),
+        ("{memory: 16.0}", "resources.memory"),
+        ("{memory: 1.5}", "resources.memory"),
+        ('{memory: "16"}', "resources.memory"),
+        ("{shm_size: 8}", "resources.shm_size"),
+        ("{disk: 100}", "resources.disk"),
+        ("{gpu: {count: 1, memory: 24}}", "resources.gpu.memory"),
+    ],
+)
+def test_a_size_without_a_unit_in_a_file_names_file_and_line(
+        tmp_path: Path, resources: str, where: str) -> None:
+    # `memory: 16` was read as 16 bytes, which no machine lacks: the job ran anywhere.
+    message = load_error(tmp_path, GOOD + f"    resources: {resources}\n")
+    assert message.startswith(f"{FILE}:5:") and f"workflows[0].{where}: invalid size" in message
+    assert "needs a unit" in message and "16GB" in message and "16GiB" in message
+
+
+def test_sizes_given_in_bytes_by_dstack_itself_stay_bytes() -> None:
+    # A run's stored job keeps sizes as numbers of bytes; reading them back is not user input.
+    assert Resources.model_validate({"memory": 16 * GB, "disk": 1024}).memory == 16 * GB
+    assert validate_workflow(python(resources={"shm_size": 1024})).resources.shm_size == 1024
+
+
+def test_the_schema_asks_for_sizes_with_a_unit() -> None:
+    memory = workflow_file_schema()["$defs"]["Resources"]["properties"]["memory"]
+    text = json.dumps(memory)
+    assert "integer" not in text and re.search(r"\[A-Za-z\]\+", text), text
 
 
 def test_environment_and_env_make_the_effective_environment() -> None:
