@@ -36,6 +36,8 @@ from tests.integration.standin_clouds import (
 )
 from tests.standins import gcp, instance
 
+pytestmark = pytest.mark.cloud  # the slowest tests: `-m "not cloud"` skips them
+
 WORKFLOWS = """
 workflows:
   - name: train
@@ -218,9 +220,10 @@ def test_detached_and_killed_clis_leave_nothing_once_their_vms_are_off(
 def test_max_duration_ends_the_vm_and_interruptible_asks_for_spot(
         home: Path, tmp_path: Path, gcp_cloud: GcpCloud,  # noqa: F811
         baked_image: Path, dstack_wheel: Path) -> None:  # noqa: F811
-    dstack = user(home, tmp_path, gcp_cloud, **{instance.MINUTE_ENV: "45"})
+    dstack = user(home, tmp_path, gcp_cloud, **{instance.MINUTE_ENV: "120"})
     baked(dstack, baked_image, dstack_wheel)
-    dstack("config", "set", "ci", "max_duration", "1m")  # 45 s on the stand-in's clock
+    # One minute lasts 2 on the stand-in clock: a loaded machine boots in up to one.
+    dstack("config", "set", "ci", "max_duration", "1m")
     out, err = tmp_path / "s.out", tmp_path / "s.err"
     proc = dstack.popen("run", "sleeper", "--interruptible", out=out, err=err)
     vm = wait_for("the VM", lambda: gcp_cloud.document("instances"), 120)[0]

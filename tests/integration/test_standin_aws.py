@@ -31,6 +31,8 @@ from tests.integration.servers import Server, env_patch, moto_server  # noqa: F4
 from tests.standins import addresses, aws, instance
 from tests.standins.plugin import Config
 
+pytestmark = pytest.mark.cloud  # the slowest tests: `-m "not cloud"` skips them
+
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN_BIN = ROOT / "tests" / "standins" / "bin"
 REGION = "us-east-1"

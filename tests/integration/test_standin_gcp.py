@@ -41,6 +41,8 @@ from tests.integration.servers import ROOT, Server, env_patch, gcs_emulator  # n
 from tests.standins import gcp, instance
 from tests.standins.plugin import Config, Gone
 
+pytestmark = pytest.mark.cloud  # the slowest tests: `-m "not cloud"` skips them
+
 PROJECT = "standin-project"
 REGION = "us-central1"
 ZONE = "us-central1-b"
