@@ -15,7 +15,6 @@ import secrets
 import shlex
 import socket
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ import pytest
 
 from dstack.stacks.aws_programs import AwsRun, AwsWorkspace, run_program, workspace_program
 from dstack.stacks.engine import Engine
+from tests.integration.harness import poll
 from tests.integration.servers import Server, env_patch, moto_server  # noqa: F401 - fixtures
 from tests.standins import addresses, aws, instance
 from tests.standins.plugin import Config
@@ -71,16 +71,9 @@ def _suffix() -> str:
     return secrets.token_hex(3)
 
 
-def _wait(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """What `check` returns once it is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+def _wait(what: str, check: Callable[[], Any]) -> Any:
+    """`poll` with the 20 s these single steps get."""
+    return poll(what, check, timeout=20.0)
 
 
 def _free_port() -> int:
