@@ -213,8 +213,12 @@ def _when_running(dstack: Dstack, before: set[str], count: int) -> list[str]:
         new = sorted(dstack.run_names() - before)
         if len(new) < count:
             return None
-        statuses = [(dstack.record(r)["status"], dstack.record(r)["instance"],
-                     (dstack.home / "workdirs" / r / "work" / "repo").is_dir()) for r in new]
+        try:  # a run's folder appears a moment before its record is linked into it
+            statuses = [(dstack.record(r)["status"], dstack.record(r)["instance"],
+                         (dstack.home / "workdirs" / r / "work" / "repo").is_dir())
+                        for r in new]
+        except FileNotFoundError:
+            return None
         return new if all(s == "running" and i and repo for s, i, repo in statuses) else None
     return poll("the runs to be running", check, timeout=180, every=0.1)
 
