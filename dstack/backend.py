@@ -43,7 +43,12 @@ class StackInfo:
 
 @dataclass(frozen=True)
 class UpdateRecord:
-    """One entry of a stack's history (`pulumi stack history`)."""
+    """One entry of a stack's history (`pulumi stack history`).
+
+    `version` is the update's number in the stack's history (1 for the first); `changes` is
+    Pulumi's own count of resources by operation, which includes the stack's own resource
+    (`pulumi:pulumi:Stack`) and explicit provider resources (`pulumi:providers:*`).
+    """
 
     version: int
     kind: str
@@ -87,7 +92,11 @@ class Backend(Protocol):
         """Every stack of this profile's state backend."""
 
     def history(self, run_name: str) -> list[UpdateRecord]:
-        """The run stack's update history."""
+        """The run stack's update history, oldest first."""
+
+    def history_command(self, run_name: str) -> str:
+        """A shell command that lists the run stack's history with Pulumi itself, from any
+        folder (the env it needs included, no secret in it)."""
 
     def clear_stale_locks(self) -> list[str]:
         """Remove locks left by engine processes that no longer exist, after repairing the

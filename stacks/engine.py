@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -39,6 +40,7 @@ from dstack.stacks.engine_install import (
 )
 from dstack.stacks.file_state import (
     PROJECT_NAME,
+    qualified_stack_name,
     state_folder,
     state_url,
     unreadable_stacks,
@@ -305,22 +307,38 @@ class Engine:
         ]
 
     def history(self, name: str) -> list[UpdateRecord]:
-        """The updates of stack `name`, oldest first."""
+        """Every update of stack `name`, oldest first, numbered from 1.
+
+        The whole history is asked for (`--page-size 0`: without it the engine lists the 10
+        newest). The DIY backends record every update with version 0, so an update's version
+        is its place in the history, as Pulumi Cloud numbers them.
+        """
         with _translated(name, "read the history of"):
-            summaries = self._stack(name, None, create=False).history(show_secrets=False)
-        records = [
+            summaries = self._stack(name, None, create=False).history(page_size=0,
+                                                                      show_secrets=False)
+        summaries.reverse()  # the engine lists the newest first
+        return [
             UpdateRecord(
-                version=s.version or 0,
+                version=s.version or number,
                 kind=s.kind,
                 result=s.result,
                 start=s.start_time.isoformat(),
                 end=s.end_time.isoformat() if s.end_time else None,
                 changes=dict(s.resource_changes or {}),
             )
-            for s in summaries
+            for number, s in enumerate(summaries, 1)
         ]
-        records.reverse()  # the engine lists the newest first
-        return records
+
+    def history_command(self, name: str) -> str:
+        """A shell command that lists stack `name`'s history with this engine and state from
+        any folder: the stack's fully qualified name, the state backend and the passphrase's
+        file (never the passphrase) in its environment."""
+        env = {"PULUMI_BACKEND_URL": self.backend_url,
+               "PULUMI_CONFIG_PASSPHRASE_FILE": str(self.passphrase_file)}
+        argv = [str(engine_root(self.home) / "bin" / "pulumi"), "stack", "history",
+                "--stack", qualified_stack_name(name), "--page-size", "0"]
+        return " ".join([*(f"{key}={shlex.quote(value)}" for key, value in env.items()),
+                         shlex.join(argv)])
 
     def resources(self, name: str) -> list[dict[str, Any]]:
         """The resources stack `name` holds now, from its exported state."""

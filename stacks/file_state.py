@@ -33,6 +33,15 @@ from dstack.procs import process_alive, session_members
 ATTRS = ".attrs"
 PROJECT_NAME = "dstack"
 """The Pulumi project every dstack stack belongs to."""
+ORGANIZATION = "organization"
+"""The organization of every stack in a DIY state backend (file, s3, gs, azblob): the only
+kind a profile may name."""
+
+
+def qualified_stack_name(stack: str) -> str:
+    """`organization/dstack/<stack>`: the name `pulumi stack ls` shows, which works from any
+    folder (a bare name needs the project's Pulumi.yaml in the current one)."""
+    return f"{ORGANIZATION}/{PROJECT_NAME}/{stack}"
 
 
 FILE_SCHEME = "file://"
@@ -64,7 +73,7 @@ def state_folder(home: Path, backend_url: str | None) -> Path | None:
 def clear_stale_locks(state_dir: Path, project: str) -> list[str]:
     """Remove the locks of dead engines of this host (repairing their stacks first) and
     stop what is left of their sessions; return the names of the stacks they locked."""
-    locks = state_dir / ".pulumi" / "locks" / "organization" / project
+    locks = state_dir / ".pulumi" / "locks" / ORGANIZATION / project
     cleared = []
     for lock in sorted(locks.glob("*/*.json")) if locks.is_dir() else []:
         try:

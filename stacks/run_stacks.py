@@ -39,6 +39,10 @@ class RunStacks:
         """The run stack's update history."""
         return self.engine.history(run_stack_name(run_name))
 
+    def history_command(self, run_name: str) -> str:
+        """The `pulumi stack history` shell command for the run stack (holds no secret)."""
+        return self.engine.history_command(run_stack_name(run_name))
+
     def clear_stale_locks(self) -> list[str]:
         """Locks of dead engines in a local state folder, removed after their checkpoints
         are repaired (without starting the engine); their stacks. Locks in a bucket are left

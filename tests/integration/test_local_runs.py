@@ -178,7 +178,7 @@ def test_audit_matches_pulumi_stack_history(dstack: Dstack) -> None:
                                                             ("destroy", "succeeded")]
     for mine, theirs in zip(trail, history, strict=True):
         assert mine["start"][:19] == theirs["startTime"][:19]
-        assert mine["changes"] == theirs["resourceChanges"]
+        assert mine["pulumi_changes"] == theirs["resourceChanges"]
     # The stack's two resources plus the stack itself (and the dynamic provider).
     assert history[0]["resourceChanges"].get("create", 0) >= 3
     assert history[1]["resourceChanges"].get("delete", 0) >= 3
