@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,7 +14,7 @@ from dstack.cli import output
 from dstack.cli.artifacts_cmds import artifacts_app
 from dstack.cli.config_cmds import config_app
 from dstack.cli.mistakes import check_argv
-from dstack.cli.runs_cmds import register_run_commands
+from dstack.cli.runs_cmds import ProjectOpt, project_folder, register_run_commands
 from dstack.cli.secrets_cmds import secrets_app
 from dstack.cli.tags_cmds import tags_app
 from dstack.errors import DstackError
@@ -37,9 +36,26 @@ app.add_typer(secrets_app, name="secrets")
 register_run_commands(app)
 
 
+def _print_version(wanted: bool) -> None:
+    """`dstack --version`: the installed package's version (read from its metadata)."""
+    if wanted:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"dstack {version('dstack')}")
+        except PackageNotFoundError:  # run from a source tree that is not installed
+            from dstack import __version__
+
+            print(f"dstack {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", "-V", is_eager=True, callback=_print_version,
+        help="Print dstack's version and exit.")] = False,
 ) -> None:
     output.state.debug = debug
 
@@ -53,13 +69,15 @@ def schema() -> None:
 
 
 @app.command()
-def validate(
-    project: Annotated[Path, typer.Option("--project", "-C", help="Project folder.")] = Path("."),
-) -> None:
-    """Check the project's workflow files and list their workflows."""
+def validate(project: ProjectOpt = None) -> None:
+    """Check the project's workflow files, and the files their workflows name, and list
+    their workflows."""
+    from dstack.spec_files import check_workflow_files
     from dstack.spec_loader import load_workflows
 
-    workflows = load_workflows(project)
+    folder = project_folder(project)
+    workflows = load_workflows(folder)
+    check_workflow_files(folder, workflows)
     for name in workflows:
         output.say(f"{name}: {workflows[name].provider} ({workflows.location(name)})")
     output.say(f"{len(list(workflows))} workflow(s), all valid")

@@ -4,14 +4,17 @@ to a terminal, imported then: it costs about 50 ms of start-up)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from dstack.job_log import Stream
 
 
 @cache
@@ -33,7 +36,11 @@ state = State()
 
 
 def say(message: str) -> None:
-    """A progress message (stderr), so stdout stays the job's or the data's."""
+    """A progress message (stderr), so stdout stays the job's or the data's. It starts on a
+    line of its own, also when the job's output last stopped in the middle of a line."""
+    if _mid_line.pop(_target(sys.stderr), False):
+        sys.stderr.write("\n")
+        sys.stderr.flush()
     if sys.stderr.isatty():
         _console().print(f"[dim]\\[dstack][/dim] {message}", markup=True)
     else:
@@ -65,10 +72,31 @@ def confirm(question: str, yes: bool) -> None:
         raise typer.Exit(1)
 
 
-def write_raw(data: bytes) -> None:
-    """The job's output, byte for byte."""
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+_mid_line: dict[tuple[int, int], bool] = {}
+"""Per file written to: whether the job's output there stopped in the middle of a line."""
+
+
+def _target(stream: TextIO) -> tuple[int, int]:
+    """What `stream` writes to: stdout and stderr that go to one terminal or file are one."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return (-1, id(stream))
+    return (st.st_dev, st.st_ino)
+
+
+def write_log(stream: Stream, data: bytes) -> None:
+    """A run's log record: the job's stdout byte for byte to stdout, its stderr to stderr,
+    and dstack's own lines (from the runner) as messages."""
+    if stream == "dstack":
+        for line in data.decode(errors="replace").splitlines():
+            say(line.removeprefix("[dstack] "))
+        return
+    out = sys.stdout if stream == "out" else sys.stderr
+    out.flush()
+    out.buffer.write(data)
+    out.buffer.flush()
+    _mid_line[_target(out)] = not data.endswith(b"\n")
 
 
 def print_json(doc: Any) -> None:

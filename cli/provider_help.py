@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from dstack.cli import output
 from dstack.errors import SpecError, UsageError
 from dstack.names import did_you_mean
+from dstack.project import find_project_dir
 from dstack.provider_registry import PROVIDERS, provider_params
 from dstack.spec import Workflow
 from dstack.spec_loader import Workflows, load_workflows
@@ -63,9 +64,10 @@ def print_run_help(app: typer.Typer, argv: Sequence[str]) -> int:
 
 
 def _target(command: Any, words: list[str]) -> tuple[str | None, Path]:
-    """The NAME after `run` (skipping option values) and the `--project` folder."""
+    """The NAME after `run` (skipping option values) and the `--project` folder (else the
+    project the current folder is in)."""
     takes_value = {opt for p in _options(command) if not p.is_flag for opt in p.opts}
-    name, project, i = None, Path("."), 0
+    name, project, i = None, find_project_dir(Path.cwd()) or Path("."), 0
     while i < len(words):
         word = words[i]
         if word.startswith("-"):

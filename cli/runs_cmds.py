@@ -6,7 +6,7 @@ import contextlib
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -30,6 +30,9 @@ FINISHED = {s.value for s in TERMINAL}
 Profile = Annotated[str | None, typer.Option("--profile", help="Profile to use.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Yes = Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")]
+ProjectOpt = Annotated[Path | None, typer.Option(
+    "--project", "-C", help="Project folder (default: the nearest one from here up with "
+                            ".dstack/workflows.yaml, else this one).")]
 
 
 def open_context(profile: str | None) -> Context:
@@ -39,6 +42,26 @@ def open_context(profile: str | None) -> Context:
     with contextlib.suppress(StoreError):
         reconcile(ctx, output.say)
     return ctx
+
+
+def project_folder(option: Path | None, *, job_starts_at_root: bool = False) -> Path:
+    """The project to work on: `-C` as given, else the nearest folder from the current one up
+    with workflow files, else the current folder. A project found above the current folder is
+    named; `job_starts_at_root` adds how to start a job here instead of at the project's root."""
+    from dstack.project import find_project_dir
+
+    if option is not None:
+        return option.resolve()
+    here = Path.cwd().resolve()
+    found = find_project_dir(here)
+    if found is None or found == here:
+        return here
+    message = f"using the project at {found}"
+    if job_starts_at_root:
+        sub = here.relative_to(found).as_posix()
+        message += f"; the job starts at its root (`--working-dir {sub}` starts it here)"
+    output.say(message)
+    return found
 
 
 def _ago(ts: str) -> str:
@@ -52,6 +75,15 @@ def _duration(seconds: float | None) -> str:
     if s < 60:
         return f"{seconds:.1f}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _touched(update: dict[str, Any]) -> str:
+    """An audited update's resources, or Pulumi's counts when dstack has no record of them."""
+    if update["resources"] is None:
+        return ", ".join(f"{op} {n}" for op, n in update["pulumi_changes"].items()) + \
+            " (Pulumi's count)"
+    return ", ".join(f"{c['op']} {c['type'].rsplit(':', 1)[-1]} {c['name']}"
+                     for c in update["resources"]) or "none"
 
 
 def register_run_commands(app: typer.Typer) -> None:
@@ -80,6 +112,11 @@ def register_run_commands(app: typer.Typer) -> None:
         interruptible: Annotated[bool | None, typer.Option(
             "--interruptible", help="Use spot instances.")] = None,
         env: Annotated[list[str] | None, typer.Option("--env", help="K=V (repeat).")] = None,
+        env_file: Annotated[list[str] | None, typer.Option(
+            "--env-file", metavar="FILE",
+            help="A file of KEY=VALUE lines for the job's env (repeat; --env wins). Unlike "
+                 "--env values, its values are treated as secrets: kept out of the run record "
+                 "and --dry-run, masked in logs (those of 4+ characters).")] = None,
         requirements: Annotated[str | None, typer.Option(
             "--requirements", help="Requirements file.")] = None,
         working_dir: Annotated[str | None, typer.Option("--working-dir",
@@ -88,18 +125,20 @@ def register_run_commands(app: typer.Typer) -> None:
                                                 help="Tag the run if it succeeds.")] = None,
         dry_run_: Annotated[bool, typer.Option("--dry-run", help="Show the plan; create "
                                                                  "nothing.")] = False,
-        project: Annotated[Path, typer.Option("--project", "-C",
-                                              help="Project folder.")] = Path("."),
+        project: ProjectOpt = None,
     ) -> int:
         from dstack.submit import RunOptions, dry_run, plan_run, run_attached, submit
 
         opts = RunOptions(deps=dep or [], artifacts=artifact or [], gpu=gpu, gpu_name=gpu_name,
                           gpu_memory=gpu_memory, cpu=cpu, memory=memory,
-                          interruptible=interruptible, env=env or [],
+                          interruptible=interruptible, env=env or [], env_files=env_file or [],
                           requirements=requirements, working_dir=working_dir, tag=tag)
         ctx = open_context(profile)
-        plan = plan_run(ctx, project.resolve(), target, args or [], opts,
+        project_dir = project_folder(project, job_starts_at_root=working_dir is None)
+        plan = plan_run(ctx, project_dir, target, args or [], opts,
                         after_dashes=output.state.after_dashes)
+        for warning in plan.warnings:
+            output.say(warning)
         if dry_run_:
             shown = dry_run(ctx, plan)
             for warning in plan.code.warnings if plan.code else []:
@@ -120,7 +159,7 @@ def register_run_commands(app: typer.Typer) -> None:
             print(record.name)
             return 0
         with deferred_sigint() as interrupts:  # from here on, Ctrl-C stops the run
-            final = run_attached(ctx, plan, output.write_raw, output.say, interrupts)
+            final = run_attached(ctx, plan, output.write_log, output.say, interrupts)
         output.say(f"{final.name} {final.status.value}"
                    + (f": {final.message}" if final.message else ""))
         return exit_code(final)
@@ -131,8 +170,7 @@ def register_run_commands(app: typer.Typer) -> None:
         all_runs: Annotated[bool, typer.Option("-a", "--all", help="All runs.")] = False,
         all_projects: Annotated[bool, typer.Option(
             "--all-projects", help="Runs of every project, not only this one's.")] = False,
-        project: Annotated[Path, typer.Option("--project", "-C",
-                                              help="Project folder.")] = Path("."),
+        project: ProjectOpt = None,
         profile: Profile = None,
         json_out: JsonOpt = False,
     ) -> None:
@@ -145,7 +183,7 @@ def register_run_commands(app: typer.Typer) -> None:
         docs = ([load_run(ctx.store, run_name).model_dump(mode="json")] if run_name
                 else run_docs(ctx.store, ctx.listing_cache))
         if not all_projects and not run_name:
-            every, here = len(docs), project_of(project)
+            every, here = len(docs), project_of(project_folder(project))
             docs = project_runs(docs, here)
             if not docs and every:
                 output.say(f"no runs of this project ({here}); `dstack ps -a --all-projects` "
@@ -173,18 +211,31 @@ def register_run_commands(app: typer.Typer) -> None:
              *([" ".join(r["apps"])] if "APPS" in cols else [])]  # type: ignore[arg-type]
             for r in rows
         ])
+        if run_name and rows[0]["message"]:  # one run: why it ended the way it did
+            print(f"message: {rows[0]['message']}")
 
     @app.command()
     def logs(
         run_name: Annotated[str, typer.Argument(metavar="RUN")],
         follow_: Annotated[bool, typer.Option("-f", "--follow", help="Keep following.")] = False,
         profile: Profile = None,
-    ) -> None:
-        """Print a run's output."""
+    ) -> int:
+        """Print a run's output: the job's stdout to stdout, its stderr and dstack's lines to
+        stderr. With -f, follow it to its end and exit with the run's exit code, as `dstack
+        run` does."""
         ctx = open_context(profile)
         load_run(ctx.store, run_name)
-        follow(ctx, run_name, output.write_raw, output.say if follow_ else lambda _m: None,
-               until_finished=follow_)
+        final = follow(ctx, run_name, output.write_log,
+                       output.say if follow_ else lambda _m: None, until_finished=follow_)
+        if not follow_:
+            return 0
+        if not final.status.finished:
+            output.say(f"the runner of {run_name} is gone before the run ended; "
+                       f"`dstack ps {run_name}` shows what is known")
+            return 1
+        output.say(f"{final.name} {final.status.value}"
+                   + (f": {final.message}" if final.message else ""))
+        return exit_code(final)
 
     @app.command(name="stop")
     def stop_cmd(
@@ -208,7 +259,8 @@ def register_run_commands(app: typer.Typer) -> None:
         yes: Yes = False,
         profile: Profile = None,
     ) -> None:
-        """Delete a finished run, its logs and artifacts (its stack history stays)."""
+        """Delete a finished run, its logs and artifacts (its stack history stays:
+        `dstack audit RUN` still shows it)."""
         from dstack.tags import tags_of
 
         ctx = open_context(profile)
@@ -223,22 +275,24 @@ def register_run_commands(app: typer.Typer) -> None:
         profile: Profile = None,
         json_out: JsonOpt = False,
     ) -> None:
-        """What the run's stack created and destroyed, and when (from Pulumi's history)."""
-        from dstack.audit import audit_trail
+        """What the run's stack created and destroyed, and when (from Pulumi's history, also
+        for a removed run)."""
+        from dstack.audit import audit_run
 
         ctx = open_context(profile)
-        load_run(ctx.store, run_name)
-        trail = audit_trail(ctx.store, run_name, ctx.backend.history(run_name))
+        audit = audit_run(ctx.store, ctx.backend, run_name)
+        if audit.removed:
+            output.say(f"the record of run {run_name} was removed (`dstack rm`): only its "
+                       "stack's history is shown, with Pulumi's counts (they include the "
+                       "stack's own resource)")
         if json_out:
-            output.print_json(trail)
-            return
-        output.table(["UPDATE", "KIND", "RESULT", "START", "END", "RESOURCES"], [
-            [str(i + 1), t["kind"], t["result"], t["start"], t["end"] or "",
-             ", ".join(f"{c['op']} {c['type'].rsplit(':', 1)[-1]} {c['name']}"
-                       for c in t["resources"]) or
-             ", ".join(f"{op} {n}" for op, n in t["changes"].items())]
-            for i, t in enumerate(trail)
-        ])
+            output.print_json(audit.updates)
+        else:
+            output.table(["UPDATE", "KIND", "RESULT", "START", "END", "RESOURCES"], [
+                [str(t["version"]), t["kind"], t["result"], t["start"], t["end"] or "",
+                 _touched(t)] for t in audit.updates
+            ])
+        output.say(f"the same history from Pulumi: {audit.command}")
 
     @app.command(name="gc")
     def gc_cmd(profile: Profile = None) -> None:

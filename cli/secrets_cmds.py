@@ -18,14 +18,18 @@ secrets_app = typer.Typer(help="Secrets: environment variables for jobs, kept ou
 def add(
     name: Annotated[str, typer.Argument(help="Variable name, e.g. WANDB_API_KEY.")],
     from_stdin: Annotated[bool, typer.Option("--from-stdin", help="Read the value from "
-                                                                  "standard input.")] = False,
+                                                                  "standard input (what a pipe "
+                                                                  "does anyway).")] = False,
     profile: Profile = None,
 ) -> None:
-    """Add or replace a secret (asked for without echo, or read from stdin)."""
+    """Add or replace a secret: asked for without echo in a terminal, else read from stdin
+    (`echo VALUE | dstack secrets add NAME`; trailing line breaks are dropped)."""
     from dstack.secrets import add_secret
 
-    value = sys.stdin.read().rstrip("\n") if from_stdin else \
-        typer.prompt(f"Value of {name}", hide_input=True)
+    if from_stdin or not sys.stdin.isatty():
+        value = sys.stdin.read().rstrip("\r\n")
+    else:
+        value = typer.prompt(f"Value of {name}", hide_input=True)
     ctx = open_context(profile)
     ctx.ensure_workspace(output.say)
     add_secret(ctx.store, name, value)

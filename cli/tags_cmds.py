@@ -25,7 +25,7 @@ def add_cmd(
     """Tag a successful run, or upload local files as a tagged set of artifacts."""
     from dstack.artifacts import upload_as_tag
     from dstack.errors import UsageError
-    from dstack.project import project_of
+    from dstack.project import find_project_dir, project_of
     from dstack.runs import load_run
     from dstack.tags import add_tag
 
@@ -39,7 +39,8 @@ def add_cmd(
     else:
         ctx.ensure_workspace(output.say)
         run = upload_as_tag(ctx.store, tag, artifact or [], Path.cwd(), ctx.profile.name,
-                            ctx.profile.backend, project_of(Path.cwd()))
+                            ctx.profile.backend,
+                            project_of(find_project_dir(Path.cwd()) or Path.cwd()))
         output.say(f"uploaded {len(artifact or [])} path(s) as {run.name}, tagged {tag}")
 
 

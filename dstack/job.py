@@ -43,6 +43,10 @@ class Job(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     secret_env: list[str] = Field(default_factory=list,
                                   description="Names of variables whose values are secret.")
+    stored_env: list[str] = Field(
+        default_factory=list,
+        description="Names of variables from `--env-file`: their values are in the store "
+                    "(`dstack.secrets.run_env_key`), never in `env` or the run's record.")
     working_dir: str = Field(".", description="Relative to the unpacked code.")
     artifacts: list[ArtifactPath] = Field(default_factory=list)
     requirements: str | None = Field(None, description="Requirements file to install first.")
@@ -57,9 +61,11 @@ class Job(BaseModel):
                                      description="Profile secrets the job cannot run without.")
 
     def redacted(self) -> dict[str, object]:
-        """The job as JSON, with the values of secret variables hidden."""
+        """The job as JSON, with the values of secret variables hidden (and those of
+        `stored_env`, which it does not hold, shown as hidden)."""
         doc = self.model_dump(mode="json")
         doc["env"] = {k: ("***" if k in self.secret_env else v) for k, v in self.env.items()}
+        doc["env"].update(dict.fromkeys(self.stored_env, "***"))
         return doc
 
 

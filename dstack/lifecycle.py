@@ -30,6 +30,7 @@ from dstack.errors import (
 )
 from dstack.home import dstack_home, private_dir
 from dstack.interrupts import Deferred, deferred_sigint
+from dstack.job_log import WriteLog, read_log_records
 from dstack.listing import run_docs, settled
 from dstack.procs import process_alive, process_start_ticks, shell_exit_code
 from dstack.profiles import Profile, get_profile, store_url, workspace_record
@@ -43,7 +44,6 @@ from dstack.runs import (
     update_run,
 )
 from dstack.store import Store, open_store
-from dstack.sync import read_log_chunks
 
 Say = Callable[[str], None]
 
@@ -365,10 +365,10 @@ class Cursor:
     shown: set[str] = field(default_factory=set)
 
 
-def follow(ctx: Context, run_name: str, write: Callable[[bytes], None], say: Say = _quiet,
+def follow(ctx: Context, run_name: str, write: WriteLog, say: Say = _quiet,
            poll_s: float = 0.2, until_finished: bool = True, cursor: Cursor | None = None,
            interrupted: Callable[[], bool] = lambda: False) -> RunRecord:
-    """Stream the run's log to `write` (and status changes and app URLs to `say`).
+    """Stream the run's log records to `write` (and status changes and app URLs to `say`).
 
     Returns when the run has finished (or at once after the current log when
     `until_finished` is false), when its runner is gone, or when `interrupted()` says so.
@@ -376,9 +376,7 @@ def follow(ctx: Context, run_name: str, write: Callable[[bytes], None], say: Say
     """
     at = cursor or Cursor()
     while True:
-        data, at.seq = read_log_chunks(ctx.store, run_name, at.seq)
-        if data:
-            write(data)
+        write_new_records(ctx, run_name, at, write)
         run = load_run(ctx.store, run_name)
         if run.status is not at.status:
             at.status = run.status
@@ -389,9 +387,7 @@ def follow(ctx: Context, run_name: str, write: Callable[[bytes], None], say: Say
                 at.shown.add(app.url)
                 say(f"{app.name} is at {run.app_url(app)}")
         if run.status.finished or not until_finished:
-            data, at.seq = read_log_chunks(ctx.store, run_name, at.seq)
-            if data:
-                write(data)
+            write_new_records(ctx, run_name, at, write)
             return run
         if interrupted() or (run.status in (Status.RUNNING, Status.UPLOADING) and
                              runner_alive(ctx, run) is False):
@@ -399,7 +395,14 @@ def follow(ctx: Context, run_name: str, write: Callable[[bytes], None], say: Say
         time.sleep(poll_s)
 
 
-def attach(ctx: Context, run_name: str, write: Callable[[bytes], None],
+def write_new_records(ctx: Context, run_name: str, at: Cursor, write: WriteLog) -> None:
+    """The log records after `at`, to `write`; `at` moves past them."""
+    records, at.seq = read_log_records(ctx.store, run_name, at.seq)
+    for stream, data in records:
+        write(stream, data)
+
+
+def attach(ctx: Context, run_name: str, write: WriteLog,
            say: Say = _quiet, interrupts: Deferred | None = None,
            cursor: Cursor | None = None) -> RunRecord:
     """Follow a run to its end, then tear it down; return the final record.

@@ -4,17 +4,25 @@
 so two projects on one machine (or sharing a team's bucket) never take each other's runs by
 accident; tags stay global so that sharing is on purpose. A run recorded before runs had a
 project belongs to the unknown project (`None`).
+
+A command run in a subfolder works on the project above it: `find_project_dir` walks up to
+the nearest folder whose `.dstack` holds workflow files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 from pathlib import Path
 
+from dstack.home import dstack_home
+
 _GIT_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+WORKFLOW_FILES = ("workflows.yaml", "workflows.yml")
+"""With a `workflows/` folder, what makes a `.dstack` a project's (`spec_loader.workflow_files`)."""
 UNKNOWN = "(unknown)"
 """How listings show the project of a run recorded before runs had one."""
 
@@ -62,6 +70,34 @@ def project_of(folder: Path) -> str:
     folder = Path(folder).resolve()
     remote = git_remote(folder)
     return strip_credentials(remote) if remote else str(folder)
+
+
+def _dstack_homes() -> set[Path]:
+    """The `.dstack` folders that are dstack homes (`DSTACK_HOME`, `~/.dstack`), not projects."""
+    homes = set()
+    for home in (dstack_home, lambda: Path.home() / ".dstack"):
+        with contextlib.suppress(RuntimeError):  # no home directory to find
+            homes.add(home().resolve())
+    return homes
+
+
+def find_project_dir(start: Path) -> Path | None:
+    """The nearest folder from `start` up whose `.dstack` holds `workflows.yaml` (`.yml`) or a
+    `workflows/` folder; None when there is none. A dstack home is never a project's `.dstack`,
+    and the walk ends at the root of the git repository `start` is in (a repository inside
+    another project is a project of its own)."""
+    homes = _dstack_homes()
+    start = Path(start).resolve()
+    for folder in (start, *start.parents):
+        marker = folder / ".dstack"
+        if marker.is_dir() and marker.resolve() not in homes and (
+                (marker / "workflows").is_dir() or any(
+                    (marker / name).exists() or (marker / name).is_symlink()
+                    for name in WORKFLOW_FILES)):
+            return folder
+        if (folder / ".git").exists():
+            return None
+    return None
 
 
 def project_label(project: str | None) -> str:

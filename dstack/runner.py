@@ -23,9 +23,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 from dstack.archive import extract_archive, safe_join
 from dstack.errors import DstackError, StoreError
+from dstack.job_log import LogShipper, Stream
 from dstack.jobscript import render_job_script
 from dstack.procs import describe_exit, shell_exit_code, signal_name
 from dstack.pyenv import python_env
@@ -39,9 +41,9 @@ from dstack.runs import (
     stop_key,
     update_run,
 )
-from dstack.secrets import load_secrets
+from dstack.secrets import load_run_env, load_secrets, maskable
 from dstack.store import Store, open_store
-from dstack.sync import ArtifactSync, LogShipper, artifact_prefix
+from dstack.sync import ArtifactSync, artifact_prefix
 from dstack.tags import add_tag
 
 TICK_S = 0.2
@@ -81,6 +83,7 @@ class Runner:
         self.repo = workdir / "repo"
         self.log = LogShipper(store, run.name, workdir / "job.log", eager_s=SYNC_EVERY_S)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._pumps: list[threading.Thread] = []
         self._term = threading.Event()
         self.aborted_during_stop = False
 
@@ -107,9 +110,12 @@ class Runner:
         # PULUMI_* variables (passphrase file, state URL, the stack's config) are no job's.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
         env.update(self.run.job.env)
+        stored = (load_run_env(self.store, self.run.name, self.run.job.stored_env)
+                  if self.run.job.stored_env else {})  # --env-file: not in the record
+        env.update(stored)
         secrets = load_secrets(self.store)  # from the store: never in scripts or state
         env.update(secrets)
-        self.log.hide([*secrets.values(),
+        self.log.hide([*secrets.values(), *maskable(list(stored.values())),
                        *(self.run.job.env[k] for k in self.run.job.secret_env
                          if k in self.run.job.env)])
         env["DSTACK_RUN"] = self.run.name
@@ -129,7 +135,7 @@ class Runner:
     # -- the job -------------------------------------------------------------------------
 
     def start_job(self) -> None:
-        """Start `job.sh` in its own process group, its output going to the log."""
+        """Start `job.sh` in its own process group, its stdout and stderr going to the log."""
         job = self.run.job
         python_bin = python_env(job.requirements and str(self.repo / job.requirements),
                                 self.cache / "venvs", self.log.say, job.packages)
@@ -140,15 +146,24 @@ class Runner:
                           encoding="utf-8", errors="surrogateescape")
         self.proc = subprocess.Popen(
             ["bash", str(script)], cwd=self.repo, env=self.environment(ports, python_bin),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             process_group=0,
         )
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pumps = [threading.Thread(target=self._pump, args=(pipe, stream), daemon=True)
+                       for pipe, stream in ((self.proc.stdout, "out"), (self.proc.stderr, "err"))]
+        for pump in self._pumps:
+            pump.start()
 
-    def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
-            self.log.write(chunk)
+    def _pump(self, pipe: IO[bytes], stream: Stream) -> None:
+        for chunk in iter(lambda: pipe.read1(65536), b""):  # type: ignore[attr-defined]
+            self.log.write(chunk, stream)
+
+    def _drain(self, timeout_s: float = 5.0) -> None:
+        """Wait until the job's pipes are read to the end (a process that left the job's group
+        and keeps them open is not waited for longer than `timeout_s`)."""
+        deadline = time.monotonic() + timeout_s
+        for pump in self._pumps:
+            pump.join(max(0.0, deadline - time.monotonic()))
 
     def kill_job(self, sig: int) -> None:
         """Send `sig` to the job's whole process group."""
@@ -295,11 +310,14 @@ class Runner:
 
     def _finish(self, status: Status, code: int | None, message: str | None,
                 sync: ArtifactSync, final_sync: bool) -> None:
+        self._drain()
         if final_sync:
             update_run(self.store, self.run.name, status=Status.UPLOADING.value)
             try:
                 n = sync.sync()
-                self.log.say(f"saved {sync.uploaded} artifact file(s) ({n} in the final sync)")
+                if sync.paths:
+                    self.log.say(f"saved {sync.files} artifact file(s) ({n} uploaded in the "
+                                 "final sync)")
             except (StoreError, OSError) as exc:
                 self.log.say(f"error: the final artifact sync failed: {exc}")
                 status, message = Status.FAILED, f"artifact sync failed: {exc}"
@@ -349,7 +367,7 @@ def salvage(store_url: str, run_name: str, workdir: Path) -> None:
         sync = ArtifactSync(store, run_name, repo, [a.path for a in run.job.artifacts])
         try:
             sync.sync()
-            message += f"; {sync.uploaded} artifact file(s) saved from its workspace"
+            message += f"; {sync.files} artifact file(s) saved from its workspace"
         except (StoreError, OSError) as exc:
             message += f"; saving its artifacts failed: {exc}"
     log = LogShipper(store, run_name)

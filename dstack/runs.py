@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dstack.errors import NotFoundError, UsageError
+from dstack.errors import NotFoundError, StoreError, UsageError
 from dstack.job import Job
-from dstack.names import RUN_NAME, did_you_mean, run_name_candidates
+from dstack.names import did_you_mean, run_name_candidates
 from dstack.store import Store
 
 SCHEMA_VERSION = 1
@@ -152,10 +152,20 @@ def load_run(store: Store, name: str) -> RunRecord:
     try:
         doc = store.get_json(run_key(name))
     except NotFoundError:
-        hint = did_you_mean(name, list_run_names(store)) if RUN_NAME.match(name) else None
         raise NotFoundError(f"no run named {name!r}",
-                            hint or "`dstack ps -a` lists the runs.") from None
+                            _suggestion(store, name) or "`dstack ps -a` lists the runs.",
+                            ) from None
     return RunRecord.model_validate(doc)
+
+
+def _suggestion(store: Store, name: str) -> str | None:
+    """A "did you mean" naming the run closest to `name` (run names are lower case); only
+    asked for when a lookup missed, as it lists every run."""
+    try:
+        names = list_run_names(store)
+    except StoreError:
+        return None
+    return did_you_mean(name.lower(), names)
 
 
 def list_run_names(store: Store) -> list[str]:

@@ -4,18 +4,25 @@ They live in the profile's store under `secrets/<NAME>` (the local store is a 07
 cloud buckets are private and encrypted, readable by the run's instance role), so they
 never appear in a bootstrap script, a Pulumi state or a run document. The runner reads them
 when the job starts and masks their values in the job's log.
+
+The values of a run's `--env-file` are kept the same way, per run, in `runs/<run>/env.json`
+(deleted with the run); the run document lists only their names (`Job.stored_env`).
 """
 
 from __future__ import annotations
 
 import re
 
-from dstack.errors import NotFoundError, UsageError
+from dstack.errors import NotFoundError, StoreError, UsageError
 from dstack.names import did_you_mean
 from dstack.store import Store
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 PREFIX = "secrets/"
+RUN_ENV_VERSION = 1
+MIN_MASKED = 4
+"""Values of an env file shorter than this are not masked in logs: masking `1` would mask
+every 1 of the job's output (they stay out of the run document and the dry run all the same)."""
 
 
 def _check(name: str) -> str:
@@ -57,3 +64,31 @@ def mask(data: bytes, values: list[bytes]) -> bytes:
         if value:
             data = data.replace(value, b"***")
     return data
+
+
+def run_env_key(run: str) -> str:
+    """Store key of the values of a run's `--env-file` variables."""
+    return f"runs/{run}/env.json"
+
+
+def put_run_env(store: Store, run: str, env: dict[str, str]) -> None:
+    """Keep the values of a run's `--env-file` variables for its runner."""
+    store.put_json(run_env_key(run), {"version": RUN_ENV_VERSION, "env": env})
+
+
+def load_run_env(store: Store, run: str, names: list[str]) -> dict[str, str]:
+    """The values of the run's `--env-file` variables `names`, for the runner."""
+    try:
+        env = store.get_json(run_env_key(run)).get("env") or {}
+    except NotFoundError:
+        env = {}
+    missing = sorted(set(names) - set(env))
+    if missing:
+        raise StoreError(f"the values of {', '.join(missing)} (from --env-file) are not in the "
+                         f"store ({run_env_key(run)} was deleted)", "Start the run again.")
+    return {name: str(env[name]) for name in names}
+
+
+def maskable(values: list[str]) -> list[str]:
+    """The env file values worth masking in a log (see `MIN_MASKED`)."""
+    return [v for v in values if len(v) >= MIN_MASKED]

@@ -140,10 +140,25 @@ Artifact = Annotated[
 ]
 
 
+def _gpu_count(value: object) -> object:
+    """A GPU count below 1 in a mapping, said the way `gpu: N` says it: 0 means no GPU."""
+    if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+        if value < 0:
+            raise ValueError(_negative_gpus(value))
+        raise ValueError("must be at least 1 in a mapping, got the number 0; for no GPU "
+                         "write `gpu: 0` (or leave `gpu` out)")
+    return value
+
+
+def _negative_gpus(value: int) -> str:
+    return f"a GPU count cannot be negative, got {value}; it is 0 (no GPU) or more"
+
+
 class GpuSpec(SpecModel):
     """GPUs the job needs."""
 
-    count: Count = Field(1, ge=1, description="Number of GPUs.")
+    count: Annotated[Count, BeforeValidator(_gpu_count)] = Field(
+        1, ge=1, description="Number of GPUs.")
     name: str | None = Field(None, min_length=1, description="GPU model, e.g. `A100`.")
     memory_bytes: Size | None = Field(
         None, alias="memory", description="Least memory per GPU, e.g. `24GB`."
@@ -160,7 +175,7 @@ def _gpu(value: object) -> object:
         )
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"a GPU count cannot be negative, got {value}")
+            raise ValueError(_negative_gpus(value))
         return {"count": value} if value else None
     return value
 

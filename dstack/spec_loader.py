@@ -4,7 +4,9 @@
 each workflow against its provider's model (`dstack.spec.workflow_model`) and then checks them
 together (unique names, known dependencies, no cycles). Every problem becomes one line
 `file:line:column: field.path: what is wrong` of a single `SpecError`; nothing escapes as a
-traceback. `validate_workflow` checks one mapping given on the command line. Reading the YAML
+traceback. `runnable_workflows` keeps, from files with problems, the workflows that are fine
+(so fixing one workflow does not stop the others). `validate_workflow` checks one mapping
+given on the command line. Reading the YAML
 with positions is `dstack.spec_yaml`'s job; `Problem` and `spec_error` are in
 `dstack.spec_problems`.
 """
@@ -12,6 +14,7 @@ with positions is `dstack.spec_yaml`'s job; `Problem` and `spec_error` are in
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,10 +195,12 @@ class Workflows(Mapping[str, Workflow]):
         workflows: Mapping[str, Workflow] | None = None,
         locations: Mapping[str, Location] | None = None,
         files: Sequence[Path] = (),
+        locates: Mapping[str, Locate] | None = None,
     ) -> None:
         self._workflows = dict(workflows or {})
         self.locations = dict(locations or {})
         self.files = list(files)
+        self._locates = dict(locates or {})
 
     def __getitem__(self, name: str) -> Workflow:
         return self._workflows[name]
@@ -209,6 +214,14 @@ class Workflows(Mapping[str, Workflow]):
     def location(self, name: str) -> Location:
         """Where workflow `name` is defined."""
         return self.locations[name]
+
+    def problem(self, name: str, field: str, message: str) -> Problem:
+        """A problem with `field` of workflow `name`, at the field's line in its file."""
+        location = self.locations[name]
+        path: FieldPath = ("workflows", location.index, field)
+        locate = self._locates.get(name)
+        position = (locate(path, False) if locate else None) or (location.line, 1)
+        return Problem(location.origin, path, message, *position)
 
     def require(self, name: str) -> Workflow:
         """Workflow `name`, or a `UsageError` with the nearest name."""
@@ -361,8 +374,44 @@ def load_workflows(project_dir: Path) -> Workflows:
             raise SpecError("the chain of `depends-on` between workflows is too long") from None
     if problems:
         raise spec_error(problems)
-    return Workflows(
-        {str(e.workflow.name): e.workflow for e in entries},
-        {str(e.workflow.name): e.location for e in entries},
-        files,
-    )
+    return _workflows(entries, files)
+
+
+def _workflows(entries: list[_Entry], files: Sequence[Path]) -> Workflows:
+    return Workflows({str(e.workflow.name): e.workflow for e in entries},
+                     {str(e.workflow.name): e.location for e in entries}, files,
+                     {str(e.workflow.name): e.locate for e in entries})
+
+
+def runnable_workflows(project_dir: Path) -> tuple[Workflows, frozenset[str] | None]:
+    """For a project whose files have problems: the workflows that are valid, defined once
+    and whose dependencies are (transitively) too, in files without a problem outside their
+    workflows (such as an unknown top-level key); and every name the files give a workflow
+    (None when a file cannot be read as workflows at all: it may define any name)."""
+    project_dir = Path(project_dir)
+    files = workflow_files(project_dir)
+    entries: list[_Entry] = []
+    names: list[str] = []
+    for path in files:
+        origin = _origin(path, project_dir)
+        try:
+            data, marks = parse_yaml(read_text(path, origin, MAX_FILE_BYTES), origin)
+            found, problems = _check_file(data, path, origin, marks)
+        except SpecError:
+            return Workflows(files=files), None
+        if any(len(p.path) < 2 or p.path[0] != "workflows" for p in problems):
+            found = []  # a problem of the file itself (a top-level key): none of it runs
+        items = data.get("workflows") if isinstance(data, dict) else None
+        names += [str(item["name"]) for item in items if isinstance(item, Mapping)
+                  and item.get("name") is not None] if isinstance(items, list) else []
+        entries += found
+    once = {name for name, count in Counter(names).items() if count == 1}
+    entries = [e for e in entries if str(e.workflow.name) in once]
+    try:  # each round drops the workflows a problem is about; their dependents go next
+        while problems := _check_together(entries):
+            bad = {(p.origin, p.path[1]) for p in problems}  # at ("workflows", index, ...)
+            kept = [e for e in entries if (e.location.origin, e.location.index) not in bad]
+            entries = kept if len(kept) < len(entries) else []  # never loop forever
+    except RecursionError:
+        return Workflows(files=files), frozenset(names)
+    return _workflows(entries, files), frozenset(names)

@@ -2,7 +2,9 @@
 
 `plan_run` does everything that can fail on bad input and creates nothing (it counts the
 code to package and refuses a project over the profile's `max_code_size`); `submit` then
-packages the code, claims the run's name and brings up its stack.
+packages the code, claims the run's name and brings up its stack. Problems in the project's
+workflow files stop only the runs that need what is wrong: a provider run, or a workflow
+that is fine itself, goes ahead with a warning.
 """
 
 from __future__ import annotations
@@ -18,24 +20,43 @@ from pathlib import Path
 from typing import Any
 
 from dstack.code_archives import upload_code
-from dstack.errors import UsageError
+from dstack.env_file import read_env_files
+from dstack.errors import NotFoundError, SpecError, UsageError
 from dstack.interrupts import Deferred
 from dstack.job import ArtifactPath, Job
-from dstack.lifecycle import Context, Cursor, Say, _quiet, attach, provision, submitter
+from dstack.job_log import WriteLog
+from dstack.lifecycle import (
+    Context,
+    Cursor,
+    Say,
+    _quiet,
+    attach,
+    provision,
+    submitter,
+    write_new_records,
+)
 from dstack.names import did_you_mean
 from dstack.packaging import DEFAULT_MAX_BYTES, CodeInventory, scan_code, write_code
 from dstack.profiles import Profile
 from dstack.project import project_of
 from dstack.provider_registry import PROVIDERS, provider_params
 from dstack.runs import RunRecord, create_run, run_stack_name
-from dstack.secrets import list_secrets
+from dstack.secrets import list_secrets, put_run_env
 from dstack.sizes import SizeError, parse_size
 from dstack.spec import DepRef, Workflow
-from dstack.spec_loader import check_workflow, load_workflows, validate_workflow
+from dstack.spec_files import CodeFiles, check_run_files, fetched
+from dstack.spec_loader import (
+    Workflows,
+    check_workflow,
+    load_workflows,
+    runnable_workflows,
+    validate_workflow,
+    workflow_files,
+)
 from dstack.spec_problems import format_path
 from dstack.store import LocalStore
-from dstack.sync import read_log_chunks
-from dstack.tags import check_tag_name, resolve_ref, tag_key
+from dstack.sync import artifact_prefix
+from dstack.tags import check_tag_name, resolve_ref, tag_key, unknown_workflow
 
 
 @dataclass
@@ -51,6 +72,7 @@ class RunOptions:
     memory: str | None = None
     interruptible: bool | None = None
     env: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
     requirements: str | None = None
     working_dir: str | None = None
     tag: str | None = None
@@ -68,20 +90,43 @@ class RunPlan:
     project_dir: Path
     code: CodeInventory | None = None
     project: str | None = None
+    stored_env: dict[str, str] = field(default_factory=dict, repr=False)
+    """The `--env-file` values (`job.stored_env` names them), put in the store, not the record."""
+    warnings: list[str] = field(default_factory=list)
 
 
-def _target_data(project_dir: Path, target: str,
-                 positional: Sequence[str]) -> tuple[dict[str, Any], list[str], str, str | None]:
-    """(workflow fields, pass-through args, origin, workflow name) for `dstack run TARGET`."""
-    workflows = load_workflows(project_dir)
+def _workflows_for(project_dir: Path, target: str) -> tuple[Workflows, str | None]:
+    """The project's workflows `dstack run TARGET` may use, and a warning when its files have
+    problems that do not concern TARGET (else the `SpecError` listing them)."""
+    try:
+        return load_workflows(project_dir), None
+    except SpecError as exc:
+        workflows, names = runnable_workflows(project_dir)
+        files = workflow_files(project_dir)
+        where, it = ((files[0].relative_to(project_dir).as_posix(), "it") if len(files) == 1
+                     else ("the workflow files in .dstack", "them"))
+        if target in workflows:
+            return workflows, (f"warning: {where} has problems outside workflow {target} "
+                               "(`dstack validate` lists them)")
+        if target in PROVIDERS and target not in (names or ()):
+            return workflows, (f"warning: {where} has problems (`dstack validate` lists "
+                               f"them); this run of the {target} provider does not use {it}")
+        raise exc from None
+
+
+def _target_data(project_dir: Path, target: str, positional: Sequence[str]
+                 ) -> tuple[dict[str, Any], list[str], str, str | None, str | None]:
+    """(workflow fields, pass-through args, origin, workflow name, warning) for `dstack run
+    TARGET`."""
+    workflows, warning = _workflows_for(project_dir, target)
     if target in workflows:
         wf = workflows[target]
         data = wf.model_dump(by_alias=True, exclude_unset=True, mode="json")
-        return data, list(positional), str(workflows.location(target)), target
+        return data, list(positional), str(workflows.location(target)), target, warning
     if target in PROVIDERS:
         params = provider_params(target)
         fields, rest = params.from_cli(list(positional))  # type: ignore[attr-defined]
-        return {"provider": target, **fields}, rest, "the command line", None
+        return {"provider": target, **fields}, rest, "the command line", None, warning
     names = [*workflows, *PROVIDERS]
     raise UsageError(
         f"{target!r} is neither a workflow of {project_dir / '.dstack'} nor a provider",
@@ -166,8 +211,12 @@ def scan_project(ctx: Context, project_dir: Path) -> CodeInventory:
                      profile=ctx.profile.name)
 
 
-def make_job(wf: Workflow, args: list[str], outer_env: Mapping[str, str]) -> Job:
-    """The job of a validated workflow (the provider supplies the command and ports)."""
+def make_job(wf: Workflow, args: list[str], outer_env: Mapping[str, str],
+             stored_env: Sequence[str] = ()) -> Job:
+    """The job of a validated workflow (the provider supplies the command and ports);
+    `stored_env` names the variables whose values the runner gets from the store."""
+    if stored_env:  # a provider that passes variables by name (docker -e NAME) needs them too
+        wf = wf.model_copy(update={"env": [*wf.env, *(f"{k}=" for k in stored_env)]})
     parts = wf.job_parts()  # type: ignore[attr-defined]
     workdir = wf.working_dir or "."
     token = secrets.token_urlsafe(24) if parts.token else None
@@ -177,8 +226,10 @@ def make_job(wf: Workflow, args: list[str], outer_env: Mapping[str, str]) -> Job
         shell=parts.shell,
         argv=parts.argv,
         args=args,
-        env={**wf.effective_env(outer_env), **parts.secret_env},
+        env={**{k: v for k, v in wf.effective_env(outer_env).items() if k not in stored_env},
+             **parts.secret_env},
         secret_env=sorted(parts.secret_env),
+        stored_env=sorted(set(stored_env) - set(parts.secret_env)),
         working_dir=workdir,
         artifacts=[ArtifactPath(path=posixpath.normpath(posixpath.join(workdir, a.path)),
                                 mount=a.mount) for a in wf.artifacts],
@@ -194,6 +245,39 @@ def make_job(wf: Workflow, args: list[str], outer_env: Mapping[str, str]) -> Job
     )
 
 
+def _resolve_dep(ctx: Context, project_dir: Path, target: str, dep: DepRef,
+                 project: str | None) -> RunRecord:
+    """The run a dependency names; one naming a workflow that is neither in the project's
+    files nor in any recorded run is an unknown workflow (only `--dep` can name one: the
+    workflow files' own are checked when they are loaded)."""
+    try:
+        return resolve_ref(ctx.store, dep.workflow, dep.tag, ctx.listing_cache,
+                           project=project)
+    except NotFoundError as exc:
+        if dep.workflow is None:
+            raise
+        defined = _workflows_for(project_dir, target)[0]
+        unknown = unknown_workflow(ctx.store, dep.workflow, list(defined), ctx.listing_cache)
+        if unknown is None:
+            raise
+        raise UsageError(f"--dep {dep}: {unknown.message}", unknown.hint) from exc
+
+
+def _check_files(ctx: Context, project_dir: Path, target: str, wf: Workflow, name: str | None,
+                 cli_fields: Mapping[str, Any], opts: RunOptions, deps: Sequence[RunRecord],
+                 code: CodeInventory) -> None:
+    """Refuse a run whose workflow names a file neither its code nor its dependencies'
+    artifacts will hold (`dstack.spec_files`), blaming the argument or flag that gave the
+    value, else the workflow file's line."""
+    set_by = {key: f"`dstack run {target} {value}`" for key, value in cli_fields.items()}
+    for key in ("requirements", "working_dir"):
+        if (value := getattr(opts, key)) is not None:
+            set_by[key] = f"--{key.replace('_', '-')} {value}"
+    brought = fetched(ctx.store.list, [artifact_prefix(run.name) for run in deps])
+    check_run_files(project_dir, wf, CodeFiles.of(code), brought, name, set_by,
+                    lambda: _workflows_for(project_dir, target)[0])
+
+
 def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[str],
              opts: RunOptions, after_dashes: Sequence[str] = ()) -> RunPlan:
     """Validate everything about a run without creating anything.
@@ -201,7 +285,7 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
     `positional` holds the arguments dstack did not recognise (the provider form's own,
     then the job's); `after_dashes` what followed `--`, which always goes to the job.
     """
-    data, args, origin, name = _target_data(project_dir, target, positional)
+    data, args, origin, name, warning = _target_data(project_dir, target, positional)
     args = [*args, *after_dashes]
     _check_flags(str(data.get("provider")), _apply({}, opts))
     wf = validate_workflow(_apply(data, opts), origin=origin)
@@ -214,7 +298,9 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
             raise UsageError(f"tag {opts.tag!r} already exists",
                              f"Choose another tag, or delete it first: "
                              f"`dstack tags delete {opts.tag}`.")
-    job = make_job(wf, args, os.environ)
+    from_cli = {item.partition("=")[0] for item in opts.env}  # --env wins over the file
+    stored = {k: v for k, v in read_env_files(opts.env_files).items() if k not in from_cli}
+    job = make_job(wf, args, os.environ, list(stored))
     missing = sorted(set(job.needs_secrets) - set(list_secrets(ctx.store)))
     if missing:
         raise UsageError(f"workflow {name} needs the secret(s) {', '.join(missing)}, which "
@@ -223,14 +309,14 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
                          "for without echo).")
     ctx.backend.check_resources(job)
     project = project_of(project_dir)
-    deps = []
-    for ref in wf.depends_on:
-        dep: DepRef = ref
-        deps.append(resolve_ref(ctx.store, dep.workflow, dep.tag, ctx.listing_cache,
-                                project=project).name)
-    return RunPlan(workflow=wf, workflow_name=name, job=job, deps=deps, tag=opts.tag,
-                   project_dir=project_dir, code=scan_project(ctx, project_dir),
-                   project=project)
+    deps = [_resolve_dep(ctx, project_dir, target, ref, project) for ref in wf.depends_on]
+    code = scan_project(ctx, project_dir)
+    cli_fields = {k: v for k, v in data.items() if k != "provider"} if name is None else {}
+    _check_files(ctx, project_dir, target, wf, name, cli_fields, opts, deps, code)
+    return RunPlan(workflow=wf, workflow_name=name, job=job, deps=[d.name for d in deps],
+                   tag=opts.tag, project_dir=project_dir, code=code,
+                   project=project, warnings=[warning] if warning else [],
+                   stored_env=stored)
 
 
 def dry_run(ctx: Context, plan: RunPlan) -> dict[str, Any]:
@@ -277,6 +363,8 @@ def record_run(ctx: Context, plan: RunPlan, *, detached: bool = False,
         )
 
     run = create_run(ctx.store, make)
+    if plan.job.stored_env:  # before the stack is up: its runner reads them at the start
+        put_run_env(ctx.store, run.name, {k: plan.stored_env[k] for k in plan.job.stored_env})
     say(f"run {run.name} submitted")
     return run
 
@@ -299,7 +387,7 @@ class _EarlyOutput:
     """Streams a run's first output while its stack is still coming up: the runner starts
     before the engine has finished saving the update."""
 
-    def __init__(self, ctx: Context, cursor: Cursor, write: Callable[[bytes], None]) -> None:
+    def __init__(self, ctx: Context, cursor: Cursor, write: WriteLog) -> None:
         self.ctx, self.cursor, self.write = ctx, cursor, write
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -310,9 +398,7 @@ class _EarlyOutput:
 
     def _loop(self, name: str) -> None:
         while not self._stop.wait(0.1):
-            data, self.cursor.seq = read_log_chunks(self.ctx.store, name, self.cursor.seq)
-            if data:
-                self.write(data)
+            write_new_records(self.ctx, name, self.cursor, self.write)
 
     def stop(self) -> None:
         self._stop.set()
@@ -320,7 +406,7 @@ class _EarlyOutput:
             self._thread.join()
 
 
-def run_attached(ctx: Context, plan: RunPlan, write: Callable[[bytes], None],
+def run_attached(ctx: Context, plan: RunPlan, write: WriteLog,
                  say: Say = _quiet, interrupts: Deferred | None = None) -> RunRecord:
     """Submit a run and follow it to its end, its output streamed from the first line."""
     cursor = Cursor()

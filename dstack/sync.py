@@ -1,21 +1,16 @@
-"""Moving a running job's output to the store: artifact files and log chunks.
+"""Moving a running job's artifact files to the store (its log: `dstack.job_log`).
 
 Artifacts are uploaded whenever a file is new or changed (size or mtime), while the job
-runs and once more at its end. Logs are shipped as numbered chunks
-(`runs/<run>/logs/<seq>.log`), which works the same on a folder, S3 and GCS.
+runs and once more at its end.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dstack.errors import NotFoundError, StoreError
-from dstack.secrets import mask
 from dstack.store import Store
 
 UPLOAD_THREADS = 8
@@ -83,6 +78,12 @@ class ArtifactSync:
         self._seen: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self.uploaded = 0
+        """Uploads so far (a file that changed three times counts three)."""
+
+    @property
+    def files(self) -> int:
+        """How many distinct files have been saved so far."""
+        return len(self._seen)
 
     def changed(self) -> list[tuple[str, Path, tuple[int, int]]]:
         """Files that are new or changed since their last upload."""
@@ -116,77 +117,3 @@ class ArtifactSync:
                     list(pool.map(upload, todo))
             self.uploaded += len(todo)
             return len(todo)
-
-
-class LogShipper:
-    """Collects a job's output and ships it to the store in numbered chunks.
-
-    With `eager_s`, output that comes after a quiet spell of at least `eager_s` is shipped at
-    once by `write` (the first line of a job reaches its follower without waiting for the next
-    periodic `flush`); steady output still goes in chunks, at most one per `eager_s`.
-    """
-
-    def __init__(self, store: Store, run: str, local_copy: Path | None = None,
-                 eager_s: float | None = None) -> None:
-        self.store = store
-        self.prefix = f"runs/{run}/logs/"
-        self.local_copy = local_copy
-        self.eager_s = eager_s
-        self._buf = bytearray()
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._seq = len(store.list(self.prefix))
-        self._last_ship: float | None = None  # never shipped (monotonic time counts from boot)
-
-    def hide(self, values: list[str]) -> None:
-        """Mask these (secret) values wherever they appear in the output from now on."""
-        self._hidden = [v.encode() for v in values if v]
-
-    def write(self, data: bytes) -> None:
-        """Add output (thread-safe); it reaches the store on the next `flush`."""
-        if getattr(self, "_hidden", None):
-            data = mask(data, self._hidden)
-        with self._lock:
-            self._buf += data
-        if self.local_copy is not None:
-            with open(self.local_copy, "ab") as f:
-                f.write(data)
-        if self.eager_s is not None and (self._last_ship is None or
-                                        time.monotonic() - self._last_ship >= self.eager_s):
-            with contextlib.suppress(StoreError):  # the next periodic flush retries, and says
-                self.flush()
-
-    def say(self, line: str) -> None:
-        """A line from dstack itself in the run's log."""
-        self.write(f"[dstack] {line}\n".encode())
-
-    def flush(self) -> None:
-        """Ship buffered output as the next chunk."""
-        with self._flush_lock:
-            with self._lock:
-                data, self._buf = bytes(self._buf), bytearray()
-            if not data:
-                return
-            try:
-                self.store.put_bytes(f"{self.prefix}{self._seq:08d}.log", data)
-            except StoreError:
-                with self._lock:
-                    self._buf[:0] = data
-                raise
-            self._seq += 1
-            self._last_ship = time.monotonic()
-
-
-def read_log_chunks(store: Store, run: str, start: int = 0) -> tuple[bytes, int]:
-    """Log output of `run` from chunk `start` on, and the index of the next chunk."""
-    prefix = f"runs/{run}/logs/"
-    keys = [k for k in store.list(prefix) if k.endswith(".log")]
-    out = bytearray()
-    n = start
-    for key in keys[start:]:
-        try:
-            out += store.get_bytes(key)
-        except NotFoundError:
-            break
-        n += 1
-    return bytes(out), n

@@ -9,6 +9,7 @@ Tags are global, so that `:TAG` shares a run across projects on purpose; `wf:lat
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,24 @@ def _no_latest(store: Store, workflow: str, project: str | None,
                 f"`:TAG`, or run it here: `dstack run {workflow}`.")
     return NotFoundError(f"{workflow}:latest: workflow {workflow!r} has no successful run in "
                          f"this project ({project_label(project)})", hint)
+
+
+def unknown_workflow(store: Store, workflow: str, defined: Collection[str],
+                     cache: Path | None = None) -> UsageError | None:
+    """`unknown workflow "x"` with the closest name when `workflow` is neither one of
+    `defined` (the project's workflow files) nor the workflow of a recorded run, of any
+    project and status; None when it is one of them."""
+    if workflow in defined:
+        return None
+    recorded = {str(doc["workflow"]) for doc in run_docs(store, cache) if doc.get("workflow")}
+    if workflow in recorded:
+        return None
+    suggestion = did_you_mean(workflow, [*defined, *sorted(recorded - set(defined))])
+    message = f'unknown workflow "{workflow}"'
+    known = ", ".join(defined) or "none (no .dstack/workflows.yaml)"
+    return UsageError(f"{message}. {suggestion}" if suggestion else message,
+                      f"A dependency names a workflow of the project's workflow files "
+                      f"({known}) or one with runs (`dstack ps -a --all-projects`).")
 
 
 def resolve_ref(store: Store, workflow: str | None, tag: str, cache: Path | None = None, *,

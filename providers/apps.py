@@ -26,6 +26,7 @@ from dstack.providers.rendering import (
     shell_line,
 )
 from dstack.spec import Args, Scalar, SpecModel, Version
+from dstack.spec_files import NamedFile
 
 STREAMLIT = App("streamlit", "streamlit", ready_path="/_stcore/health")
 GRADIO = App("gradio", "gradio")
@@ -49,6 +50,10 @@ class StreamlitParams(SpecModel):
 
     from_cli = staticmethod(first_positional("streamlit", "target", "app.py [ARGS]..."))
 
+    def named_files(self) -> list[NamedFile]:
+        """The script, unless it is a URL (Streamlit runs a script it downloads)."""
+        return [] if "://" in self.target else [NamedFile("target", self.target)]
+
     def job_parts(self) -> JobParts:
         """`streamlit run TARGET` on the run's port, headless, its args after `--`."""
         return app_job(STREAMLIT, [
@@ -64,6 +69,10 @@ class GradioParams(SpecModel):
     args: Args = Field(default_factory=list, description="Arguments for the file.")
 
     from_cli = staticmethod(first_positional("gradio", "file", "app.py [ARGS]..."))
+
+    def named_files(self) -> list[NamedFile]:
+        """The file that launches the app."""
+        return [NamedFile("file", self.file)]
 
     def job_parts(self) -> JobParts:
         """The file, with Gradio told the port and address through its environment."""
@@ -128,7 +137,8 @@ class LabParams(SpecModel):
 
 # The code provider: openvscode-server (VS Code in the browser) from PATH or from the cache,
 # where a setup step downloads the release tarball on first use; else `code-server` on PATH
-# (e.g. installed from npm); else the download.
+# (e.g. installed from npm); else the download: one attempt that gives up on a connection
+# that does not open or stalls, then says how to install a server (a machine offline).
 OPENVSCODE_VERSION = "1.109.5"
 OPENVSCODE_SHA256 = {  # of the release tarballs of OPENVSCODE_VERSION
     "x64": "b433bf4f0227321a7014d8460d10a8f958adc0f45aa79bd889e84e65e8f88363",
@@ -138,6 +148,10 @@ OPENVSCODE_RELEASES = "https://github.com/gitpod-io/openvscode-server/releases/d
 CODE_APP = AppPort(name="code", index=0, url_path="/?tkn={token}", ready_path="/")
 _TARBALL = Raw('"$dstack_tmp/server.tar.gz"')
 _URL = Raw('"$dstack_url"')
+NO_SERVER = ("dstack: the code provider needs openvscode-server or code-server on PATH, or "
+             "internet access to download openvscode-server once. Get one: put bin/ of a "
+             f"release from {OPENVSCODE_RELEASES.rsplit('/', 1)[0]} on PATH, or "
+             "`npm install -g code-server` (https://coder.com/docs/code-server/install)")
 _OPENVSCODE = [Raw('"$dstack_code"'), "--host", HOST, "--port", PORT,
                "--connection-token", TOKEN, "--accept-server-license-terms",
                "--telemetry-level", "off", "--default-folder", "."]
@@ -186,10 +200,18 @@ class CodeParams(SpecModel):
             '  dstack_tmp="$(mktemp -d "$dstack_dir.XXXXXX")"',
             "  trap 'rm -rf \"$dstack_tmp\"' EXIT",
             '  echo "dstack: downloading $dstack_url"',
+            "  dstack_got=no",
             "  if command -v curl >/dev/null 2>&1; then",
-            "    " + shell_line("curl", "-fsSL", "--retry", "3", "-o", _TARBALL, _URL),
-            "  else",
-            "    " + shell_line("wget", "-q", "-O", _TARBALL, _URL),
+            "    " + shell_line("curl", "-fsSL", "--connect-timeout", "20", "--speed-limit",
+                                "1024", "--speed-time", "60", "-o", _TARBALL, _URL)
+            + " && dstack_got=yes",
+            "  elif command -v wget >/dev/null 2>&1; then",
+            "    " + shell_line("wget", "-q", "--tries=1", "--timeout=60", "-O", _TARBALL, _URL)
+            + " && dstack_got=yes",
+            "  fi",
+            '  if [ "$dstack_got" != yes ]; then',
+            "    " + shell_line("echo", NO_SERVER) + " >&2",
+            "    exit 1",
             "  fi",
             '  if [ -n "$dstack_sum" ]; then',
             '    echo "$dstack_sum  $dstack_tmp/server.tar.gz" | sha256sum -c --quiet -',

@@ -11,6 +11,7 @@ from dstack.errors import UsageError
 from dstack.job import JobParts
 from dstack.spec import Args, SpecModel, Version
 from dstack.spec_fields import relative_path
+from dstack.spec_files import NamedFile
 
 
 class Params(SpecModel):
@@ -40,6 +41,14 @@ class Params(SpecModel):
             raise UsageError("`dstack run python` needs the file to run",
                              "Write it as `dstack run python train.py [ARGS]...`.")
         return {"file": positional[0]}, positional[1:]
+
+    def named_files(self) -> list[NamedFile]:
+        """The file to run (not an interpreter option such as `-m`, which names a module)
+        and the requirements file, installed before the setup lines run."""
+        files = [NamedFile("file", self.file)] if not self.file.startswith("-") else []
+        if self.requirements:
+            files.append(NamedFile("requirements", self.requirements, before_setup=True))
+        return files
 
     def job_parts(self) -> JobParts:
         """Run the file with the job's Python, its args first, then the passed-through ones."""

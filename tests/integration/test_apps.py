@@ -212,7 +212,8 @@ class Served:
 
 
 def _logs(dstack: Dstack, run: str) -> str:
-    return dstack("logs", run, expect=None).stdout[-4000:]
+    proc = dstack("logs", run, expect=None)
+    return (proc.stdout[-3000:] + "\n--- stderr\n" + proc.stderr[-3000:])
 
 
 def wait_for_app(dstack: Dstack, run: str) -> str:

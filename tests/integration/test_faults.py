@@ -34,6 +34,9 @@ from typing import Any
 
 import pytest
 
+from dstack.job_log import read_log_text
+from dstack.store import LocalStore
+
 from .harness import TERMINAL, Dstack, check_no_leftovers, poll, write_project
 
 pytestmark = pytest.mark.engine
@@ -155,9 +158,7 @@ def _status(dstack: Dstack, run: str) -> str | None:
 
 
 def _log(dstack: Dstack, run: str) -> str:
-    folder = dstack.home / "store" / "runs" / run / "logs"
-    return b"".join(p.read_bytes() for p in sorted(folder.glob("*.log"))).decode(
-        errors="replace")
+    return read_log_text(LocalStore(dstack.home / "store"), run).decode(errors="replace")
 
 
 def _kill_cli_when(dstack: Dstack, tmp_path: Path, args: list[str],
@@ -529,7 +530,7 @@ def test_a_stack_that_cannot_be_destroyed_does_not_block_other_commands(
         assert "`dstack gc` tries again" in proc.stderr
         assert run in proc.stdout
         other = dstack("run", "quick", timeout=120)
-        assert "run done (exit code 0)" in other.stdout
+        assert "run done (exit code 0)" in other.stderr
         # gc names the run, and the file Pulumi cannot list the stacks past.
         proc = dstack("gc", timeout=60, expect=1)
         assert f"could not destroy the stack of run {run} now" in proc.stderr

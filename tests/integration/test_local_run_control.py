@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from dstack.job_log import read_log_text
+from dstack.store import LocalStore
+
 from .harness import TERMINAL, Dstack, poll, write_project
 
 pytestmark = pytest.mark.engine
@@ -171,8 +174,7 @@ def test_a_finished_detached_run_is_torn_down_by_the_next_ps(dstack: Dstack) -> 
     assert f"destroyed stack run-{run}" in proc.stderr
     assert run in proc.stdout
     dstack.assert_torn_down(run)
-    assert b"quick" in b"".join(p.read_bytes() for p in sorted(
-        (dstack.home / "store" / "runs" / run / "logs").glob("*.log")))
+    assert b"quick" in read_log_text(LocalStore(dstack.home / "store"), run)
 
 
 @pytest.mark.timeout(180)

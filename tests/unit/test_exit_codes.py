@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from dstack.job import Job
+from dstack.job_log import read_log_text
 from dstack.lifecycle import exit_code
 from dstack.procs import describe_exit, shell_exit_code
 from dstack.runner import Runner, job_message
 from dstack.runs import RunRecord, Status, load_run, run_key
 from dstack.store import LocalStore
-from dstack.sync import ArtifactSync, read_log_chunks
+from dstack.sync import ArtifactSync
 
 
 @pytest.mark.parametrize(("code", "shell", "text"), [
@@ -50,7 +51,7 @@ def test_the_final_status_line_shows_the_shell_exit_code(
     store, runner = _runner(tmp_path)
     sync = ArtifactSync(store, "brave-otter-1", tmp_path / "work" / "repo", [])
     runner._finish(status, code, job_message(code), sync, final_sync=False)
-    log = read_log_chunks(store, "brave-otter-1")[0].decode()
+    log = read_log_text(store, "brave-otter-1").decode()
     assert line in log and "exit code -" not in log, log
     record = load_run(store, "brave-otter-1")
     assert record.exit_code == code  # the record keeps the raw code; `dstack run` exits 128+N

@@ -13,7 +13,7 @@ import pytest
 from dstack.errors import NotFoundError
 from dstack.job import ArtifactPath, Job
 from dstack.listing import project_runs, run_docs
-from dstack.project import project_of, strip_credentials
+from dstack.project import find_project_dir, project_of, strip_credentials
 from dstack.runs import RunRecord, Status, load_run, run_key
 from dstack.store import LocalStore
 from dstack.tags import add_tag, latest_run, resolve_ref
@@ -101,6 +101,60 @@ def test_without_git_installed_a_folder_is_its_path(tmp_path: Path,
     project = repo(tmp_path / "p", origin=A)
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
     assert project_of(project) == str(project.resolve())
+
+
+# -- finding the project from a subfolder ------------------------------------------------------
+
+
+def workflows_at(folder: Path, name: str = "workflows.yaml") -> Path:
+    (folder / ".dstack").mkdir(parents=True, exist_ok=True)
+    (folder / ".dstack" / name).write_text("workflows: []\n")
+    return folder
+
+
+@pytest.fixture
+def homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME and DSTACK_HOME away from the folders of a test."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("DSTACK_HOME", str(tmp_path / "dstack-home"))
+    return tmp_path / "user"
+
+
+@pytest.mark.usefixtures("homes")
+def test_the_nearest_folder_with_workflow_files_up_is_the_project(tmp_path: Path) -> None:
+    outer = workflows_at(tmp_path / "outer")
+    inner = workflows_at(outer / "a" / "inner", "workflows.yml")
+    (inner / "b" / "c").mkdir(parents=True)
+    assert find_project_dir(inner / "b" / "c") == inner.resolve()
+    assert find_project_dir(inner) == inner.resolve()
+    assert find_project_dir(outer / "a") == outer.resolve()
+    (outer / "a" / ".dstack").mkdir()  # a .dstack without workflow files is no project
+    assert find_project_dir(outer / "a") == outer.resolve()
+    (outer / "a" / ".dstack" / "workflows").mkdir()  # a workflows/ folder makes it one
+    assert find_project_dir(outer / "a") == (outer / "a").resolve()
+    assert find_project_dir(tmp_path) is None
+
+
+@pytest.mark.usefixtures("homes")
+def test_the_walk_up_ends_at_the_root_of_a_git_repository(tmp_path: Path) -> None:
+    outer = workflows_at(tmp_path / "outer")
+    nested = repo(outer / "vendor" / "lib")
+    (nested / "src").mkdir()
+    assert find_project_dir(nested / "src") is None  # the repository is not outer's
+    workflows_at(nested)
+    assert find_project_dir(nested / "src") == nested.resolve()
+
+
+def test_a_dstack_home_is_never_a_project(tmp_path: Path, homes: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    workflows_at(homes)  # ~/.dstack/workflows.yaml, in the default dstack home
+    (homes / "code" / "x").mkdir(parents=True)
+    assert find_project_dir(homes / "code" / "x") is None
+    monkeypatch.setenv("DSTACK_HOME", str(tmp_path / "elsewhere" / ".dstack"))
+    workflows_at(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "x").mkdir()
+    assert find_project_dir(tmp_path / "elsewhere" / "x") is None
+    assert find_project_dir(homes / "code" / "x") is None  # ~/.dstack is a home all the same
 
 
 # -- records -----------------------------------------------------------------------------------
