@@ -1,14 +1,15 @@
 """Scenario 2: how fast `ArtifactSync` moves a job's artifacts, against plain tools.
 
 A mix of a few large files and many small ones (random 1 MiB blocks, repeated: fast to
-write, not compressible) is generated once. It is synced by `dstack.sync.ArtifactSync`
-(its thread pool, `UPLOAD_THREADS`) to a `LocalStore` against `cp -r` of the same tree, and
-to an `S3Store` on moto (loopback) against boto3's `upload_file` with the store's own
-`TransferConfig`, `UPLOAD_THREADS` files at a time. Every pass writes into an empty
-destination; the order of the two tools alternates, dstack first in the first pass. The
-page cache is not dropped: the first pass ("cold-ish") reads a tree that was just written
-and synced to disk (likely still cached); later passes are warm. The freshness of
-artifacts while a job runs is measured by `bench.freshness`.
+write, not compressible) is generated once. It is synced by
+`dstack.store.artifact_sync.ArtifactSync` (its thread pool, `UPLOAD_THREADS`) to a
+`LocalStore` against `cp -r` of the same tree, and to an `S3Store` on moto (loopback)
+against boto3's `upload_file` with the store's own `TransferConfig`, `UPLOAD_THREADS` files
+at a time. Every pass writes into an empty destination; the order of the two tools
+alternates, dstack first in the first pass. The page cache is not dropped: the first pass
+("cold-ish") reads a tree that was just written and synced to disk (likely still cached);
+later passes are warm. The freshness of artifacts while a job runs is measured by
+`bench.freshness`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from bench.homes import log
 from bench.machine import meminfo_mib
 from bench.s3server import BUCKET, MotoServer, fake_aws_env
 from bench.stats import Section, Target, fmt
-from dstack.store import LocalStore
-from dstack.sync import UPLOAD_THREADS, ArtifactSync
+from dstack.store.artifact_sync import UPLOAD_THREADS, ArtifactSync
+from dstack.store.local import LocalStore
 
 MIB = 1 << 20
 RATIO_TARGET_PCT = 90.0
@@ -116,7 +117,7 @@ def _s3_pass(tool: str, server: MotoServer, src: Path, paths: list[str],
     """One upload of `files` to moto by `tool`; seconds."""
     from boto3.s3.transfer import TransferConfig
 
-    from dstack.store_s3 import CONCURRENCY, MULTIPART_THRESHOLD, PART_SIZE, S3Store
+    from dstack.store.s3 import CONCURRENCY, MULTIPART_THRESHOLD, PART_SIZE, S3Store
 
     if tool == "dstack":
         store = S3Store(BUCKET, "dstack", endpoint_url=server.url, region="us-east-1")

@@ -226,7 +226,7 @@ def _engine_alone(h: BenchHome, reps: int) -> dict[str, list[float]]:
 
 def _packaging_s(project: Path, reps: int) -> list[float]:
     """`package_code` of the project, in-process (the CLI does the same, then one put)."""
-    from dstack.packaging import package_code
+    from dstack.code.packaging import package_code
 
     times = []
     for _ in range(max(reps, 3)):

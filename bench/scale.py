@@ -19,12 +19,12 @@ from bench.command import BenchError, Completed
 from bench.config import Config
 from bench.homes import BenchHome, log
 from bench.stats import Section, Target, fmt
-from dstack.job import ArtifactPath, Job
 from dstack.names import ADJECTIVES, ANIMALS
-from dstack.project import project_of
-from dstack.runs import RunRecord, Status, run_key, run_stack_name
-from dstack.store import LocalStore
-from dstack.tags import Tag, tag_key
+from dstack.run.job import ArtifactPath, Job
+from dstack.run.project import project_of
+from dstack.run.record import RunRecord, Status, run_key, run_stack_name
+from dstack.run.tags import Tag, tag_key
+from dstack.store.local import LocalStore
 
 N_RUNS = 10_000
 N_TAGS = 10_000

@@ -63,7 +63,7 @@ def _root(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of .dstack/workflows.yaml."""
-    from dstack.spec import workflow_file_schema
+    from dstack.spec.models import workflow_file_schema
 
     output.print_json(workflow_file_schema())
 
@@ -72,8 +72,8 @@ def schema() -> None:
 def validate(project: ProjectOpt = None) -> None:
     """Check the project's workflow files, and the files their workflows name, and list
     their workflows."""
-    from dstack.spec_files import check_workflow_files
-    from dstack.spec_loader import load_workflows
+    from dstack.spec.files import check_workflow_files
+    from dstack.spec.loader import load_workflows
 
     folder = project_folder(project)
     workflows = load_workflows(folder)

@@ -17,7 +17,7 @@ Source = Annotated[str, typer.Argument(metavar="RUN|:TAG", help="A run name, or 
 @artifacts_app.command("list")
 def list_cmd(source: Source, profile: Profile = None, json_out: JsonOpt = False) -> None:
     """List the artifact files of a run or tag."""
-    from dstack.artifacts import list_artifacts, resolve_source
+    from dstack.run.artifacts import list_artifacts, resolve_source
 
     ctx = open_context(profile)
     run = resolve_source(ctx.store, source)
@@ -36,7 +36,7 @@ def download_cmd(
     profile: Profile = None,
 ) -> None:
     """Download the artifacts of a run or tag."""
-    from dstack.artifacts import download, resolve_source
+    from dstack.run.artifacts import download, resolve_source
 
     ctx = open_context(profile)
     run = resolve_source(ctx.store, source)

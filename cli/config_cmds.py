@@ -23,7 +23,7 @@ SkipCheck = Annotated[bool, typer.Option("--skip-check", help="Do not check the 
 
 
 def _saved(profile: object, identity: dict[str, str], default: bool) -> None:
-    from dstack.profiles import Profile, add_profile
+    from dstack.config.profiles import Profile, add_profile
 
     assert isinstance(profile, Profile)
     add_profile(private_dir(dstack_home()), profile, make_default=default)
@@ -41,7 +41,7 @@ def add_aws(
     skip_check: SkipCheck = False,
 ) -> None:
     """An AWS profile; its credentials are checked with STS now."""
-    from dstack.cloud_profiles import aws_profile as build
+    from dstack.config.cloud_profiles import aws_profile as build
 
     profile, identity = build(name, aws_profile=aws_profile, region=region, bucket=bucket,
                               state_url=state_url, check=not skip_check)
@@ -60,7 +60,7 @@ def add_gcp(
     skip_check: SkipCheck = False,
 ) -> None:
     """A GCP profile; the project is checked to be reachable now."""
-    from dstack.cloud_profiles import gcp_profile as build
+    from dstack.config.cloud_profiles import gcp_profile as build
 
     profile, identity = build(name, project=project, zone=zone, credentials=credentials,
                               bucket=bucket, state_url=state_url, check=not skip_check)
@@ -70,7 +70,7 @@ def add_gcp(
 @add_app.command("local")
 def add_local(name: Name, default: Default = False) -> None:
     """Another local profile (its own store folder under the dstack home)."""
-    from dstack.profiles import Profile
+    from dstack.config.profiles import Profile
 
     home = dstack_home()
     _saved(Profile(name=name, backend="local",
@@ -80,7 +80,7 @@ def add_local(name: Name, default: Default = False) -> None:
 @config_app.command("list")
 def list_cmd(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List profiles."""
-    from dstack.profiles import load_profiles
+    from dstack.config.profiles import load_profiles
 
     profiles, default = load_profiles(dstack_home())
     rows = [{"name": p.name, "backend": p.backend, "default": p.name == default,
@@ -98,7 +98,7 @@ def list_cmd(json_out: Annotated[bool, typer.Option("--json", help="Print JSON."
 @config_app.command("show")
 def show(name: Name) -> None:
     """Show one profile."""
-    from dstack.profiles import get_profile
+    from dstack.config.profiles import get_profile
 
     output.print_json(get_profile(dstack_home(), name).model_dump())
 
@@ -111,8 +111,8 @@ def set_cmd(
     unset: Annotated[bool, typer.Option("--unset", help="Remove the setting.")] = False,
 ) -> None:
     """Set one setting of a profile (`dstack config set gpu max_duration 8h`)."""
+    from dstack.config.profiles import set_setting
     from dstack.errors import UsageError
-    from dstack.profiles import set_setting
 
     if (value is None) != unset:
         raise UsageError("give either VALUE or --unset",
@@ -126,7 +126,7 @@ def set_cmd(
 def remove(name: Name,
            yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask.")] = False) -> None:
     """Remove a profile (its bucket and runs stay)."""
-    from dstack.profiles import remove_profile
+    from dstack.config.profiles import remove_profile
 
     output.confirm(f"Remove profile {name}?", yes)
     remove_profile(dstack_home(), name)
@@ -136,7 +136,7 @@ def remove(name: Name,
 @config_app.command("default")
 def default_cmd(name: Name) -> None:
     """Make a profile the default."""
-    from dstack.profiles import set_default
+    from dstack.config.profiles import set_default
 
     set_default(dstack_home(), name)
     output.say(f"default profile: {name}")

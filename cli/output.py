@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from dstack.job_log import Stream
+    from dstack.store.job_log import Stream
 
 
 @cache

@@ -19,10 +19,10 @@ from pydantic import BaseModel
 from dstack.cli import output
 from dstack.errors import SpecError, UsageError
 from dstack.names import did_you_mean
-from dstack.project import find_project_dir
-from dstack.provider_registry import PROVIDERS, provider_params
-from dstack.spec import Workflow
-from dstack.spec_loader import Workflows, load_workflows
+from dstack.run.project import find_project_dir
+from dstack.spec.loader import Workflows, load_workflows
+from dstack.spec.models import Workflow
+from dstack.spec.registry import PROVIDERS, provider_params
 
 HELP = ("-h", "--help")
 _FORM = re.compile(r"`(dstack run [^`]*)`")

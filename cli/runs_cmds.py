@@ -13,16 +13,10 @@ import typer
 from dstack.cli import output
 from dstack.errors import BackendError, StoreError
 from dstack.interrupts import deferred_sigint
-from dstack.lifecycle import (
-    Context,
-    exit_code,
-    follow,
-    gc,
-    reconcile,
-    remove_run,
-    stop,
-)
-from dstack.runs import TERMINAL, load_run
+from dstack.run.context import Context
+from dstack.run.following import follow
+from dstack.run.lifecycle import exit_code, gc, reconcile, remove_run, stop
+from dstack.run.record import TERMINAL, load_run
 from dstack.sizes import format_decimal
 
 FINISHED = {s.value for s in TERMINAL}
@@ -48,7 +42,7 @@ def project_folder(option: Path | None, *, job_starts_at_root: bool = False) -> 
     """The project to work on: `-C` as given, else the nearest folder from the current one up
     with workflow files, else the current folder. A project found above the current folder is
     named; `job_starts_at_root` adds how to start a job here instead of at the project's root."""
-    from dstack.project import find_project_dir
+    from dstack.run.project import find_project_dir
 
     if option is not None:
         return option.resolve()
@@ -127,7 +121,7 @@ def register_run_commands(app: typer.Typer) -> None:
                                                                  "nothing.")] = False,
         project: ProjectOpt = None,
     ) -> int:
-        from dstack.submit import RunOptions, dry_run, plan_run, run_attached, submit
+        from dstack.run.submit import RunOptions, dry_run, plan_run, run_attached, submit
 
         opts = RunOptions(deps=dep or [], artifacts=artifact or [], gpu=gpu, gpu_name=gpu_name,
                           gpu_memory=gpu_memory, cpu=cpu, memory=memory,
@@ -175,9 +169,9 @@ def register_run_commands(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """List the project's runs: unfinished ones and the 10 most recent (all with -a)."""
-        from dstack.listing import project_runs, run_docs, run_summary
-        from dstack.project import project_label, project_of
-        from dstack.tags import tags_of
+        from dstack.run.listing import project_runs, run_docs, run_summary
+        from dstack.run.project import project_label, project_of
+        from dstack.run.tags import tags_of
 
         ctx = open_context(profile)
         docs = ([load_run(ctx.store, run_name).model_dump(mode="json")] if run_name
@@ -261,7 +255,7 @@ def register_run_commands(app: typer.Typer) -> None:
     ) -> None:
         """Delete a finished run, its logs and artifacts (its stack history stays:
         `dstack audit RUN` still shows it)."""
-        from dstack.tags import tags_of
+        from dstack.run.tags import tags_of
 
         ctx = open_context(profile)
         load_run(ctx.store, run_name)
@@ -277,7 +271,7 @@ def register_run_commands(app: typer.Typer) -> None:
     ) -> None:
         """What the run's stack created and destroyed, and when (from Pulumi's history, also
         for a removed run)."""
-        from dstack.audit import audit_run
+        from dstack.run.audit import audit_run
 
         ctx = open_context(profile)
         audit = audit_run(ctx.store, ctx.backend, run_name)

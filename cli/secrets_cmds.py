@@ -24,7 +24,7 @@ def add(
 ) -> None:
     """Add or replace a secret: asked for without echo in a terminal, else read from stdin
     (`echo VALUE | dstack secrets add NAME`; trailing line breaks are dropped)."""
-    from dstack.secrets import add_secret
+    from dstack.store.secrets import add_secret
 
     if from_stdin or not sys.stdin.isatty():
         value = sys.stdin.read().rstrip("\r\n")
@@ -39,7 +39,7 @@ def add(
 @secrets_app.command("list")
 def list_cmd(profile: Profile = None) -> None:
     """List secret names (never values)."""
-    from dstack.secrets import list_secrets
+    from dstack.store.secrets import list_secrets
 
     for name in list_secrets(open_context(profile).store):
         print(name)
@@ -49,7 +49,7 @@ def list_cmd(profile: Profile = None) -> None:
 def delete(name: Annotated[str, typer.Argument(help="Variable name.")], yes: Yes = False,
            profile: Profile = None) -> None:
     """Delete a secret."""
-    from dstack.secrets import delete_secret
+    from dstack.store.secrets import delete_secret
 
     ctx = open_context(profile)
     output.confirm(f"Delete secret {name}?", yes)

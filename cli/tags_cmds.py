@@ -23,11 +23,11 @@ def add_cmd(
     profile: Profile = None,
 ) -> None:
     """Tag a successful run, or upload local files as a tagged set of artifacts."""
-    from dstack.artifacts import upload_as_tag
     from dstack.errors import UsageError
-    from dstack.project import find_project_dir, project_of
-    from dstack.runs import load_run
-    from dstack.tags import add_tag
+    from dstack.run.artifacts import upload_as_tag
+    from dstack.run.project import find_project_dir, project_of
+    from dstack.run.record import load_run
+    from dstack.run.tags import add_tag
 
     ctx = open_context(profile)
     if bool(run_name) == bool(artifact):
@@ -47,7 +47,7 @@ def add_cmd(
 @tags_app.command("list")
 def list_cmd(profile: Profile = None, json_out: JsonOpt = False) -> None:
     """List tags."""
-    from dstack.tags import list_tags
+    from dstack.run.tags import list_tags
 
     ctx = open_context(profile)
     tags = list_tags(ctx.store, ctx.listing_cache)
@@ -65,7 +65,7 @@ def delete_cmd(
     profile: Profile = None,
 ) -> None:
     """Delete a tag (the run and its artifacts stay)."""
-    from dstack.tags import delete_tag, load_tag
+    from dstack.run.tags import delete_tag, load_tag
 
     ctx = open_context(profile)
     load_tag(ctx.store, tag)

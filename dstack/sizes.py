@@ -9,7 +9,7 @@ Units (case-insensitive, an optional space between number and unit, decimals all
 
 Text needs a unit: `"16"` is refused (it read as 16 bytes, which every machine has), and
 bytes are written `16B`. An int is a count of bytes: that is how dstack itself keeps sizes in
-a run's record; a workflow file's `memory: 16` is refused by the spec (`dstack.spec_fields`).
+a run's record; a workflow file's `memory: 16` is refused by the spec (`dstack.spec.fields`).
 Decimal GB is at most 7% smaller than GiB, so `memory: 16GB` still fits a machine sold as
 "16 GB" (which is 16 GiB).
 """

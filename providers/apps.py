@@ -12,7 +12,6 @@ import shlex
 
 from pydantic import Field, field_validator
 
-from dstack.job import AppPort, JobParts
 from dstack.providers.rendering import (
     HOST,
     PASSED,
@@ -25,8 +24,9 @@ from dstack.providers.rendering import (
     first_positional,
     shell_line,
 )
-from dstack.spec import Args, Scalar, SpecModel, Version
-from dstack.spec_files import NamedFile
+from dstack.run.job import AppPort, JobParts
+from dstack.spec.files import NamedFile
+from dstack.spec.models import Args, Scalar, SpecModel, Version
 
 STREAMLIT = App("streamlit", "streamlit", ready_path="/_stcore/health")
 GRADIO = App("gradio", "gradio")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from dstack.errors import UsageError
-from dstack.job import AppPort, JobParts
-from dstack.spec import Count, SpecModel
+from dstack.run.job import AppPort, JobParts
+from dstack.spec.models import Count, SpecModel
 
 
 class Params(SpecModel):

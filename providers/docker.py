@@ -13,9 +13,9 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from dstack.errors import UsageError
-from dstack.job import AppPort, JobParts
 from dstack.providers.rendering import PASSED, Raw, Word, shell_line
-from dstack.spec import Args, Count, SpecModel
+from dstack.run.job import AppPort, JobParts
+from dstack.spec.models import Args, Count, SpecModel
 
 WORKDIR = "/workdir"
 PASSWORD_VAR = "DSTACK_REGISTRY_PASSWORD"  # listed in Job.secret_env; read by printf only

@@ -8,10 +8,10 @@ from typing import Annotated
 from pydantic import Field, field_validator
 
 from dstack.errors import UsageError
-from dstack.job import JobParts
-from dstack.spec import Args, SpecModel, Version
-from dstack.spec_fields import relative_path
-from dstack.spec_files import NamedFile
+from dstack.run.job import JobParts
+from dstack.spec.fields import relative_path
+from dstack.spec.files import NamedFile
+from dstack.spec.models import Args, SpecModel, Version
 
 
 class Params(SpecModel):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dstack.errors import UsageError
-from dstack.job import AppPort, JobParts
+from dstack.run.job import AppPort, JobParts
 
 
 class Raw(str):

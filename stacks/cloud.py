@@ -29,19 +29,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
-from dstack.backend import ResourceChange
-from dstack.bootstrap import render_bootstrap
-from dstack.catalogue import Offer, choose_offer
+from dstack.catalogue.offers import Offer, choose_offer
+from dstack.config.backends import ResourceChange
+from dstack.config.profiles import Profile, workspace_record
 from dstack.errors import BackendError, UsageError
 from dstack.home import write_private
-from dstack.job import Job
-from dstack.profiles import Profile, workspace_record
-from dstack.runs import RunRecord, run_stack_name
-from dstack.spec import Resources
+from dstack.run.job import Job
+from dstack.run.record import RunRecord, run_stack_name
+from dstack.runner.bootstrap import render_bootstrap
+from dstack.spec.models import Resources
 from dstack.stacks.engine import Engine
 from dstack.stacks.run_stacks import RunStacks
-from dstack.store import Store, open_store
-from dstack.wheel import build_wheel
+from dstack.stacks.wheel import build_wheel
+from dstack.store.base import Store, open_store
 
 APP_PORT_BASE = 8000
 """The job's port `i` on a cloud instance is `APP_PORT_BASE + i` (8000, 8001, ...)."""
@@ -179,7 +179,8 @@ class Wheel:
 
 def find_wheel(profile: Profile, cache: Path) -> Wheel:
     """The wheel to install on instances: env `DSTACK_WHEEL` or the profile's `wheel` (a
-    file), else this very dstack built by `dstack.wheel.build_wheel` (once per source digest).
+    file), else this very dstack built by `dstack.stacks.wheel.build_wheel` (once per source
+    digest).
 
     Its key is `wheels/<digest>/<file name>`, so a run installs exactly the code its CLI ran.
     """

@@ -29,7 +29,7 @@ from pulumi.automation._stack import StackInitMode
 from pulumi.automation.events import EngineEvent, OpType
 from semver import VersionInfo
 
-from dstack.backend import ResourceChange, StackInfo, UpdateRecord
+from dstack.config.backends import ResourceChange, StackInfo, UpdateRecord
 from dstack.errors import BackendError, EngineMissingError, NotFoundError, StackBusyError
 from dstack.home import private_dir, secret_file, write_private
 from dstack.stacks.engine_install import (

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from dstack.catalogue import Offer, describe_offer, format_price
-from dstack.job import Job
-from dstack.runs import RunRecord
+from dstack.catalogue.offers import Offer, describe_offer, format_price
+from dstack.run.job import Job
+from dstack.run.record import RunRecord
 from dstack.stacks.cloud import (
     REMOTE_ROOT,
     CloudBackend,

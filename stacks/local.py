@@ -14,18 +14,19 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dstack.backend import ResourceChange
-from dstack.bootstrap import render_bootstrap
+from dstack.config.backends import ResourceChange
+from dstack.config.profiles import Profile, store_url
 from dstack.errors import UsageError
 from dstack.home import private_dir
-from dstack.job import Job
-from dstack.machine import docker_engine_available, local_cpus, local_gpus, local_memory
 from dstack.procs import process_alive
-from dstack.profiles import Profile, store_url
-from dstack.runs import RunRecord, run_stack_name
+from dstack.run.job import Job
+from dstack.run.record import RunRecord, run_stack_name
+from dstack.runner.bootstrap import render_bootstrap
 from dstack.sizes import format_size
+from dstack.stacks.machine import docker_engine_available, local_cpus, local_gpus, local_memory
 from dstack.stacks.run_stacks import RunStacks
-from dstack.store import LocalStore, Store
+from dstack.store.base import Store
+from dstack.store.local import LocalStore
 
 if TYPE_CHECKING:
     from dstack.stacks.engine import Engine

@@ -21,7 +21,7 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
 
 from dstack.errors import DstackError
 from dstack.procs import process_alive, process_start_ticks, session_members
-from dstack.store import open_store
+from dstack.store.base import open_store
 
 RUNNER_STOP_WAIT_S = 30.0
 
@@ -89,7 +89,7 @@ class RunnerProcessProvider(ResourceProvider):
             # the update is saved, but that CLI may die before (then `dstack ps` needs this).
             instance = {"host": socket.gethostname(), "pid": proc.pid, "start_ticks": ticks,
                         "workdir": str(workdir)}
-            from dstack.runs import update_run  # here: the runner starts before this import
+            from dstack.run.record import update_run  # here: the runner starts before this import
 
             with contextlib.suppress(DstackError):
                 update_run(open_store(props["store_url"]), props["run"], instance=instance)
@@ -104,7 +104,7 @@ class RunnerProcessProvider(ResourceProvider):
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         stop_runner(int(props["pid"]), props.get("start_ticks"))
         if props.get("run") and props.get("store_url"):
-            from dstack.runner import salvage  # here: the provider starts without it
+            from dstack.runner.job_runner import salvage  # here: the provider starts without it
 
             salvage(props["store_url"], props["run"], Path(props["workdir"]) / "work")
 

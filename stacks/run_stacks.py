@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dstack.backend import ResourceChange, StackInfo, UpdateRecord
-from dstack.profiles import Profile
-from dstack.runs import run_stack_name
+from dstack.config.backends import ResourceChange, StackInfo, UpdateRecord
+from dstack.config.profiles import Profile
+from dstack.run.record import run_stack_name
 from dstack.stacks.file_state import PROJECT_NAME, clear_stale_locks, state_folder
 
 if TYPE_CHECKING:

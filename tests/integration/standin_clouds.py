@@ -49,7 +49,7 @@ USER_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "
 @pytest.fixture(scope="session")
 def dstack_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This checkout's wheel, built once per session (what DSTACK_WHEEL points runs at)."""
-    from dstack.wheel import build_wheel
+    from dstack.stacks.wheel import build_wheel
 
     return build_wheel(tmp_path_factory.mktemp("wheel")).path
 

@@ -17,12 +17,12 @@ from typing import Any
 import pulumi
 import pytest
 
-from dstack.cloud_profiles import aws_profile
-from dstack.lifecycle import Context
-from dstack.profiles import add_profile
+from dstack.config.cloud_profiles import aws_profile
+from dstack.config.profiles import add_profile
+from dstack.run.context import Context
+from dstack.run.submit import RunOptions, plan_run, record_run
 from dstack.stacks.aws import AwsBackend
 from dstack.stacks.aws_programs import run_program
-from dstack.submit import RunOptions, plan_run, record_run
 from tests.integration.servers import BUCKET, Server, env_patch, moto_server  # noqa: F401
 
 PLANTED = "planted-secret-value-9d1f"

@@ -34,8 +34,8 @@ from typing import Any
 
 import pytest
 
-from dstack.job_log import read_log_text
-from dstack.store import LocalStore
+from dstack.store.job_log import read_log_text
+from dstack.store.local import LocalStore
 
 from .harness import TERMINAL, Dstack, check_no_leftovers, poll, write_project
 
@@ -546,7 +546,7 @@ def test_a_stack_that_cannot_be_destroyed_does_not_block_other_commands(
 
 def test_clear_stale_locks_removes_only_locks_of_dead_engines_on_this_host(
         home: Path) -> None:
-    from dstack.profiles import LOCAL
+    from dstack.config.profiles import LOCAL
     from dstack.stacks.local import LocalBackend
 
     holder = subprocess.Popen(["sleep", "300"])

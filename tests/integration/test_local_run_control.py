@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from dstack.job_log import read_log_text
-from dstack.store import LocalStore
+from dstack.store.job_log import read_log_text
+from dstack.store.local import LocalStore
 
 from .harness import TERMINAL, Dstack, poll, write_project
 

@@ -263,7 +263,7 @@ def _app_script(port: int, bucket: str) -> str:
         client.bucket({bucket!r}).blob("from-vm/hello.txt").upload_from_string(b"from the vm")
         print("bucket", client.bucket({bucket!r}).blob("from-vm/hello.txt")
               .download_as_bytes().decode())
-        from dstack.store_gcs import GCSStore  # what the runner writes the run's store with
+        from dstack.store.gcs import GCSStore  # what the runner writes the run's store with
         store = GCSStore.from_url(f"gs://{bucket}/runs?project={{project}}")
         store.put_bytes("brave-fox-1/run.json", b"{{}}")
         print("store", store.list(""))

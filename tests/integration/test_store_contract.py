@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from dstack.errors import NotFoundError, StoreError, UsageError
-from dstack.store import JsonDoc, LocalStore, Store, open_store
+from dstack.store.base import JsonDoc, Store, open_store
+from dstack.store.local import LocalStore
 
 from .servers import (  # noqa: F401  (fixtures)
     Server,
@@ -327,7 +328,7 @@ def test_large_file_round_trip(case: Case, tmp_path: Path,
 def _raw_head(case: Case) -> dict[str, Any]:
     import boto3
 
-    from dstack.store_s3 import S3Store
+    from dstack.store.s3 import S3Store
 
     assert isinstance(case.store, S3Store) and case.server is not None
     raw: Any = boto3.client("s3", endpoint_url=case.server.url)
@@ -433,7 +434,7 @@ def test_s3_without_conditional_writes_falls_back(s3_server: Server,
     not atomic), with a warning, instead of failing every run."""
     from botocore.awsrequest import AWSResponse
 
-    from dstack.store_s3 import S3Store
+    from dstack.store.s3 import S3Store
 
     store = open_store(f"s3://{s3_server.bucket}/t-{secrets.token_hex(4)}"
                        f"?endpoint_url={s3_server.url}")
@@ -461,7 +462,7 @@ def test_s3_without_conditional_writes_falls_back(s3_server: Server,
 def test_s3_url_options(s3_server: Server, tmp_path: Path,
                         monkeypatch: pytest.MonkeyPatch) -> None:
     """endpoint_url from the environment, region from the URL, credentials from a profile."""
-    from dstack.store_s3 import ENDPOINT_ENV, S3Store
+    from dstack.store.s3 import ENDPOINT_ENV, S3Store
 
     env = isolated_aws_env(tmp_path)
     Path(env["AWS_CONFIG_FILE"]).write_text("[profile dev]\nregion = eu-west-1\n")

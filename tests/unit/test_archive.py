@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dstack.archive import Entry, extract_archive, safe_join, write_archive
+from dstack.code.archive import Entry, extract_archive, safe_join, write_archive
 from dstack.errors import DstackError
 
 

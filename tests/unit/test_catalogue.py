@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dstack.catalogue import (
+from dstack.catalogue.offers import (
     CLOUDS,
     Catalogue,
     CatalogueError,
@@ -25,7 +25,7 @@ from dstack.catalogue import (
     parse_catalogue,
 )
 from dstack.errors import DstackError, UsageError
-from dstack.spec import Resources
+from dstack.spec.models import Resources
 
 GIB = 1024**3
 X = "\N{MULTIPLICATION SIGN}"
@@ -102,7 +102,7 @@ def test_every_entry_is_priced_and_placed(item: InstanceType) -> None:
 def test_the_file_on_disk_is_plain_json_with_its_date_and_source() -> None:
     from importlib.resources import files
 
-    doc = json.loads(files("dstack").joinpath("data", "instances.json").read_text())
+    doc = json.loads(files("dstack.catalogue").joinpath("data", "instances.json").read_text())
     assert doc["prices_as_of"] == "2025-05-01" and doc["written"] == "2026-11-26"
     assert "pricing pages" in doc["source"]
     assert any("representative" in note for note in doc["notes"])

@@ -16,9 +16,9 @@ import typer.main
 from dstack.cli import output
 from dstack.cli.app import app, main
 from dstack.errors import DstackError
-from dstack.job import Job
-from dstack.runs import RunRecord, Status, run_key
-from dstack.store import LocalStore
+from dstack.run.job import Job
+from dstack.run.record import RunRecord, Status, run_key
+from dstack.store.local import LocalStore
 
 WORKFLOWS = """\
 workflows:
@@ -89,7 +89,7 @@ def planned(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str], list[
         seen.append((target, list(positional), list(after_dashes)))
         raise DstackError("planned")
 
-    monkeypatch.setattr("dstack.submit.plan_run", plan_run)
+    monkeypatch.setattr("dstack.run.submit.plan_run", plan_run)
     return seen
 
 
@@ -159,7 +159,7 @@ def test_a_confirmation_without_a_terminal_asks_for_yes(
     cli("ps")  # the home and its local store
     _record(tmp_path / "home", "brave-otter-1", Status.RUNNING)
     _record(tmp_path / "home", "calm-owl-1", Status.DONE)
-    monkeypatch.setattr("dstack.tags.load_tag", lambda *_a: None)
+    monkeypatch.setattr("dstack.run.tags.load_tag", lambda *_a: None)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal, nothing to read
     code, out, err = cli(*argv)
     assert code == 2, err

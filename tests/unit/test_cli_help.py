@@ -9,7 +9,7 @@ import pytest
 
 from dstack.cli import provider_help
 from dstack.cli.app import main
-from dstack.provider_registry import PROVIDERS, provider_params
+from dstack.spec.registry import PROVIDERS, provider_params
 
 WORKFLOWS = """\
 workflows:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from dstack.env_file import parse_env_file, read_env_files
 from dstack.errors import UsageError
-from dstack.spec import validate_workflow
-from dstack.submit import make_job
+from dstack.run.submit import make_job
+from dstack.spec.env_file import parse_env_file, read_env_files
+from dstack.spec.models import validate_workflow
 
 SECRET = "hunter2-Zq8"
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from dstack.job import Job
-from dstack.job_log import read_log_text
-from dstack.lifecycle import exit_code
 from dstack.procs import describe_exit, shell_exit_code
-from dstack.runner import Runner, job_message
-from dstack.runs import RunRecord, Status, load_run, run_key
-from dstack.store import LocalStore
-from dstack.sync import ArtifactSync
+from dstack.run.job import Job
+from dstack.run.lifecycle import exit_code
+from dstack.run.record import RunRecord, Status, load_run, run_key
+from dstack.runner.job_runner import Runner, job_message
+from dstack.store.artifact_sync import ArtifactSync
+from dstack.store.job_log import read_log_text
+from dstack.store.local import LocalStore
 
 
 @pytest.mark.parametrize(("code", "shell", "text"), [

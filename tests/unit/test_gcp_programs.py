@@ -13,13 +13,13 @@ from typing import Any
 import pulumi
 import pytest
 
-from dstack.backend import BACKENDS, ResourceChange, load_backend
-from dstack.catalogue import NoOfferError, choose_offer
+from dstack.catalogue.offers import NoOfferError, choose_offer
+from dstack.config.backends import BACKENDS, ResourceChange, load_backend
+from dstack.config.profiles import Profile
 from dstack.errors import NotFoundError
-from dstack.job import Job
-from dstack.profiles import Profile
-from dstack.runs import RunRecord
-from dstack.spec import Resources
+from dstack.run.job import Job
+from dstack.run.record import RunRecord
+from dstack.spec.models import Resources
 from dstack.stacks import cloud
 from dstack.stacks.gcp import GcpBackend
 from dstack.stacks.gcp_programs import (

@@ -37,18 +37,18 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dstack.artifacts import download
-from dstack.bootstrap import render_bootstrap
 from dstack.cli import output
 from dstack.cli.app import main
 from dstack.errors import DstackError, SpecError, UsageError
-from dstack.job import Job
-from dstack.jobscript import render_job_script
-from dstack.runs import RunRecord, Status, run_key
-from dstack.spec_loader import MAX_FILE_BYTES, check_workflow, load_workflows
-from dstack.store import LocalStore
-from dstack.submit import make_job
-from dstack.sync import ArtifactSync
+from dstack.run.artifacts import download
+from dstack.run.job import Job
+from dstack.run.record import RunRecord, Status, run_key
+from dstack.run.submit import make_job
+from dstack.runner.bootstrap import render_bootstrap
+from dstack.runner.jobscript import render_job_script
+from dstack.spec.loader import MAX_FILE_BYTES, check_workflow, load_workflows
+from dstack.store.artifact_sync import ArtifactSync
+from dstack.store.local import LocalStore
 
 DATA = Path(__file__).parent / "data" / "hostile"
 WORKFLOWS_FILE = ".dstack/workflows.yaml"
@@ -105,8 +105,8 @@ class Cli:
         def refuse(*_a: Any, **_k: Any) -> None:
             raise AssertionError("a hostile command got as far as submitting a run")
 
-        monkeypatch.setattr("dstack.submit.submit", refuse)
-        monkeypatch.setattr("dstack.submit.run_attached", refuse)
+        monkeypatch.setattr("dstack.run.submit.submit", refuse)
+        monkeypatch.setattr("dstack.run.submit.run_attached", refuse)
 
     def __call__(self, *argv: str) -> tuple[int, str, str]:
         self.monkeypatch.setattr(sys, "argv", ["dstack", *argv])
@@ -552,7 +552,7 @@ def test_download_through_the_cli_refuses_a_key_leading_out(
     store = EvilStore(cli.home / "store")
     _done_run(store, "brave-otter-1")
     EvilStore.evil = {"runs/brave-otter-1/artifacts/../../evil": b"pwned"}
-    monkeypatch.setattr("dstack.lifecycle.open_store", lambda _url: store)
+    monkeypatch.setattr("dstack.run.lifecycle.open_store", lambda _url: store)
     code, _out, err = cli("artifacts", "download", "brave-otter-1", "-o", str(sandbox / "out"))
     assert code == 1, err
     assert "leads outside" in err and "Traceback" not in err

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dstack.bootstrap import render_bootstrap
-from dstack.jobscript import render_job_script
-from dstack.provider_registry import PROVIDERS
-from dstack.spec import validate_workflow
-from dstack.submit import make_job
+from dstack.run.submit import make_job
+from dstack.runner.bootstrap import render_bootstrap
+from dstack.runner.jobscript import render_job_script
+from dstack.spec.models import validate_workflow
+from dstack.spec.registry import PROVIDERS
 
 # Words that break naive shell building: spaces, quotes, command substitution, `;`,
 # backticks, a newline, non-ASCII, a variable, an option, the empty word, glob, history.

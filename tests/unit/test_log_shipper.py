@@ -1,4 +1,4 @@
-"""The runner's log (`dstack.job_log`): shipping into a store folder, and the records that
+"""The runner's log (`dstack.store.job_log`): shipping into a store folder, and the records that
 keep the job's stdout, its stderr and dstack's own lines apart."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from dstack.job_log import (
+from dstack.store.job_log import (
     LogShipper,
     decode_chunk,
     encode_records,
     read_log_records,
     read_log_text,
 )
-from dstack.store import LocalStore
+from dstack.store.local import LocalStore
 
 
 def chunks(root: Path) -> list[str]:

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dstack.archive import extract_archive
+from dstack.code.archive import extract_archive
+from dstack.code.packaging import CodeArchive, IgnoreRules, package_code
 from dstack.errors import DstackError
-from dstack.packaging import CodeArchive, IgnoreRules, package_code
 
 
 @pytest.fixture(autouse=True)

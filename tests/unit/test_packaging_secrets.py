@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from dstack.archive import extract_archive
-from dstack.code_archives import GRACE_S, remove_unused_code, upload_code
+from dstack.code.archive import extract_archive
+from dstack.code.packaging import CodeArchive, package_code, scan_code
+from dstack.code.uploads import GRACE_S, remove_unused_code, upload_code
+from dstack.config.profiles import SETTINGS, Profile, add_profile, get_profile, set_setting
 from dstack.errors import UsageError
-from dstack.packaging import CodeArchive, package_code, scan_code
-from dstack.profiles import SETTINGS, Profile, add_profile, get_profile, set_setting
-from dstack.store import LocalStore
-from dstack.submit import code_limit
+from dstack.run.submit import code_limit
+from dstack.store.local import LocalStore
 
 SECRET = "abc-the-api-key"
 ORDINARY = {"hi.py", "src/model.py", "README.md", "config/settings.yaml", "environment.yml"}

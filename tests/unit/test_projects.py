@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from dstack.errors import NotFoundError
-from dstack.job import ArtifactPath, Job
-from dstack.listing import project_runs, run_docs
-from dstack.project import find_project_dir, project_of, strip_credentials
-from dstack.runs import RunRecord, Status, load_run, run_key
-from dstack.store import LocalStore
-from dstack.tags import add_tag, latest_run, resolve_ref
+from dstack.run.job import ArtifactPath, Job
+from dstack.run.listing import project_runs, run_docs
+from dstack.run.project import find_project_dir, project_of, strip_credentials
+from dstack.run.record import RunRecord, Status, load_run, run_key
+from dstack.run.tags import add_tag, latest_run, resolve_ref
+from dstack.store.local import LocalStore
 
 A = "https://github.com/acme/vision.git"
 B = "/home/someone/nlp"

@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 
 from dstack.errors import SpecError, UsageError
-from dstack.job import Job
-from dstack.jobscript import render_job_script
-from dstack.lifecycle import Context
-from dstack.provider_registry import PROVIDERS, provider_params
 from dstack.providers import docker
 from dstack.providers.apps import OPENVSCODE_SHA256, OPENVSCODE_VERSION, CodeParams
-from dstack.secrets import add_secret
-from dstack.spec import validate_workflow
-from dstack.submit import RunOptions, make_job, plan_run
+from dstack.run.context import Context
+from dstack.run.job import Job
+from dstack.run.submit import RunOptions, make_job, plan_run
+from dstack.runner.jobscript import render_job_script
+from dstack.spec.models import validate_workflow
+from dstack.spec.registry import PROVIDERS, provider_params
+from dstack.store.secrets import add_secret
 
 RUN = "brave-otter-1"
 HOST = "127.0.0.1"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dstack.errors import SpecError
-from dstack.spec_loader import load_workflows, runnable_workflows
+from dstack.spec.loader import load_workflows, runnable_workflows
 
 
 def project(tmp_path: Path, text: str, **more: str) -> Path:

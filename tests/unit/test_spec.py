@@ -14,10 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from dstack import spec_loader
 from dstack.errors import SpecError, UsageError
-from dstack.provider_registry import PROVIDERS, provider_params
-from dstack.spec import (
+from dstack.spec import loader as spec_loader
+from dstack.spec.loader import (
+    MAX_FILE_BYTES,
+    MAX_PROBLEMS,
+    Workflows,
+    load_workflows,
+    validate_workflow,
+)
+from dstack.spec.models import (
     ArtifactSpec,
     DepRef,
     GpuSpec,
@@ -27,13 +33,7 @@ from dstack.spec import (
     workflow_file_schema,
     workflow_model,
 )
-from dstack.spec_loader import (
-    MAX_FILE_BYTES,
-    MAX_PROBLEMS,
-    Workflows,
-    load_workflows,
-    validate_workflow,
-)
+from dstack.spec.registry import PROVIDERS, provider_params
 
 EXAMPLE = Path(__file__).parent / "data" / "spec" / "example"
 FILE = ".dstack/workflows.yaml"
@@ -137,7 +137,7 @@ def test_validate_workflow_accepts_a_command_line_form_without_a_name() -> None:
 
 
 def test_validate_workflow_is_also_in_dstack_spec() -> None:
-    from dstack import spec
+    from dstack.spec import models as spec
 
     assert spec.validate_workflow(python()) == validate_workflow(python())
     with pytest.raises(SpecError, match="<command line>: file: expected a string"):
@@ -403,7 +403,7 @@ def test_the_registry_names_nine_lazily_imported_providers() -> None:
     ):
         provider_params("pyton")
     code = (
-        "import sys, dstack.spec, dstack.spec_loader, dstack.provider_registry;"
+        "import sys, dstack.spec.models, dstack.spec.loader, dstack.spec.registry;"
         "print([m for m in sys.modules if m.startswith('dstack.providers')])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,6 +1,6 @@
-"""Files a workflow names, checked before anything is created (`dstack.spec_files`); GPU counts
+"""Files a workflow names, checked before anything is created (`dstack.spec.files`); GPU counts
 said the same way in a mapping, a number and on the command line; a dependency on a workflow
-that exists nowhere (`dstack.tags.unknown_workflow`)."""
+that exists nowhere (`dstack.run.tags.unknown_workflow`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from dstack.errors import SpecError
-from dstack.job import ArtifactPath, Job
-from dstack.runs import RunRecord, Status, run_key
-from dstack.spec import Workflow, validate_workflow
-from dstack.spec_files import (
+from dstack.run.job import ArtifactPath, Job
+from dstack.run.record import RunRecord, Status, run_key
+from dstack.run.tags import unknown_workflow
+from dstack.spec.files import (
     CodeFiles,
     MissingFile,
     check_workflow_files,
@@ -22,9 +22,9 @@ from dstack.spec_files import (
     fetched,
     missing_files,
 )
-from dstack.spec_loader import load_workflows
-from dstack.store import LocalStore
-from dstack.tags import unknown_workflow
+from dstack.spec.loader import load_workflows
+from dstack.spec.models import Workflow, validate_workflow
+from dstack.store.local import LocalStore
 
 CODE = CodeFiles(["train.py", "app.py", "src/main.py", "src/util/helpers.py", "reqs.txt",
                   "pkg/__main__.py", "linked"], links=["linked"])

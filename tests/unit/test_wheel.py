@@ -5,7 +5,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from dstack.wheel import build_wheel, source_digest, source_root
+from dstack.stacks.wheel import build_wheel, source_digest, source_root
 
 
 def test_wheel_holds_every_package_under_dstack_only(tmp_path: Path) -> None:
@@ -13,8 +13,11 @@ def test_wheel_holds_every_package_under_dstack_only(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel.path).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"dstack", f"dstack-{wheel.path.name.split('-')[1]}.dist-info"}
-    for module in ("dstack/runner.py", "dstack/stacks/engine.py", "dstack/providers/apps.py",
-                   "dstack/cli/app.py", "dstack/data/instances.json"):
+    for module in ("dstack/runner/job_runner.py", "dstack/runner/__main__.py",
+                   "dstack/spec/models.py", "dstack/store/base.py", "dstack/run/record.py",
+                   "dstack/code/archive.py", "dstack/config/profiles.py",
+                   "dstack/stacks/engine.py", "dstack/providers/apps.py",
+                   "dstack/cli/app.py", "dstack/catalogue/data/instances.json"):
         assert module in names
     assert wheel.store_key == f"wheels/{wheel.digest}/{wheel.path.name}"
     again = build_wheel(tmp_path)  # cached: the same file, not rebuilt

@@ -1,0 +1,132 @@
+"""What the core asks of a backend, and the registry that lazily loads one by name.
+
+A backend provisions a run's infrastructure as a Pulumi stack and tears it down. Its
+implementation lives in `dstack.stacks.<name>`; the core names it by string only, so it
+never imports pulumi.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from dstack.errors import UsageError
+from dstack.names import did_you_mean
+
+if TYPE_CHECKING:
+    from dstack.config.profiles import Profile
+    from dstack.run.job import Job
+    from dstack.run.record import RunRecord
+    from dstack.store.base import Store
+
+
+@dataclass(frozen=True)
+class ResourceChange:
+    """One resource an update created, updated or deleted."""
+
+    op: str
+    type: str
+    name: str
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """A stack of the project as the state backend lists it."""
+
+    name: str
+    resource_count: int
+    update_in_progress: bool
+    last_update: str | None
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One entry of a stack's history (`pulumi stack history`).
+
+    `version` is the update's number in the stack's history (1 for the first); `changes` is
+    Pulumi's own count of resources by operation, which includes the stack's own resource
+    (`pulumi:pulumi:Stack`) and explicit provider resources (`pulumi:providers:*`).
+    """
+
+    version: int
+    kind: str
+    result: str
+    start: str
+    end: str | None
+    changes: dict[str, int] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """The operations the run life cycle needs from a backend."""
+
+    name: str
+
+    def store(self) -> Store:
+        """The artifact and metadata store of this profile."""
+
+    def ensure_workspace(self) -> object:
+        """Bring up the profile's long-lived workspace stack (the store's bucket or folder,
+        the instances' identity) unless it is up; its outputs."""
+
+    def check_resources(self, job: Job) -> None:
+        """Refuse (UsageError) a job this backend cannot run, before anything is created."""
+
+    def plan_resources(self, job: Job) -> list[dict[str, str]]:
+        """The resources a run stack for `job` would declare (for `--dry-run`)."""
+
+    def bootstrap(self, run: RunRecord) -> str:
+        """The script that starts the runner of `run` on this backend's compute."""
+
+    def provision(
+        self, run: RunRecord, bootstrap: str
+    ) -> tuple[list[ResourceChange], dict[str, object]]:
+        """Bring up the run's stack, whose program starts `bootstrap` on the compute;
+        return the changes and where the runner runs (host, pid or instance id)."""
+
+    def teardown(self, run_name: str) -> list[ResourceChange]:
+        """Destroy the run's stack (stopping the runner if it still runs); keep history."""
+
+    def stacks(self) -> list[StackInfo]:
+        """Every stack of this profile's state backend."""
+
+    def history(self, run_name: str) -> list[UpdateRecord]:
+        """The run stack's update history, oldest first."""
+
+    def history_command(self, run_name: str) -> str:
+        """A shell command that lists the run stack's history with Pulumi itself, from any
+        folder (the env it needs included, no secret in it)."""
+
+    def clear_stale_locks(self) -> list[str]:
+        """Remove locks left by engine processes that no longer exist, after repairing the
+        checkpoints they were saving; return their stacks."""
+
+    def runner_alive(self, run: RunRecord) -> bool | None:
+        """Whether the run's runner still runs (None when this backend cannot tell)."""
+
+    def runner_gone_reason(self, run: RunRecord) -> str | None:
+        """Why the run's runner is gone, when the backend knows (e.g. the cloud's word on
+        its instance)."""
+
+
+BACKENDS: dict[str, str] = {
+    "local": "dstack.stacks.local:LocalBackend",
+    "aws": "dstack.stacks.aws:AwsBackend",
+    "gcp": "dstack.stacks.gcp:GcpBackend",
+}
+"""Backend name → `module:class`, imported only when a profile of that backend is used."""
+
+
+def load_backend(profile: Profile, home: Path) -> Backend:
+    """The backend of `profile`, imported lazily."""
+    target = BACKENDS.get(profile.backend)
+    if target is None:
+        raise UsageError(
+            f"unknown backend {profile.backend!r} in profile {profile.name!r}",
+            did_you_mean(profile.backend, BACKENDS) or f"Known backends: {', '.join(BACKENDS)}.",
+        )
+    module_name, cls_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    backend: Backend = cls(profile, home)
+    return backend

@@ -1,0 +1,84 @@
+"""Building cloud profiles from `dstack config add aws|gcp ...`, with a credentials check.
+
+The check runs the backend's own checker (imported lazily: it uses the cloud SDKs), so a
+profile is only saved when its credentials work, unless the user asks to skip the check.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from dstack.config.profiles import Profile
+from dstack.errors import UsageError
+
+CHECKS: dict[str, str] = {
+    "aws": "dstack.stacks.credentials:check_aws",
+    "gcp": "dstack.stacks.credentials:check_gcp",
+}
+"""Backend → `module:function` checking a profile's credentials."""
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_STATE = re.compile(r"^(s3|gs|file|azblob)://.+")
+
+
+def _checker(backend: str) -> Callable[[dict[str, Any]], dict[str, str]]:
+    module, func = CHECKS[backend].split(":")
+    check: Callable[[dict[str, Any]], dict[str, str]] = getattr(
+        importlib.import_module(module), func)
+    return check
+
+
+def _bucket_name(parts: list[str]) -> str:
+    name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:63].rstrip("-")
+    return name
+
+
+def _check_common(bucket: str | None, state_url: str | None) -> None:
+    if bucket is not None and not _BUCKET.match(bucket):
+        raise UsageError(f"--bucket {bucket!r} is not a valid bucket name",
+                         "Use 3-63 lowercase letters, digits, '-' and '.'.")
+    if state_url is not None and not _STATE.match(state_url):
+        raise UsageError(f"--state-url {state_url!r} is not a Pulumi state URL",
+                         "Use s3://BUCKET/PATH, gs://BUCKET/PATH or file:///PATH.")
+
+
+def aws_profile(name: str, *, aws_profile: str | None, region: str, bucket: str | None,
+                state_url: str | None, check: bool = True) -> tuple[Profile, dict[str, str]]:
+    """An `aws` profile; the identity it resolved to (empty when not checked)."""
+    _check_common(bucket, state_url)
+    if not re.match(r"^[a-z]{2}(-gov)?-[a-z]+-\d$", region):
+        raise UsageError(f"--region {region!r} is not an AWS region", "e.g. us-east-1")
+    settings: dict[str, Any] = {"region": region}
+    if aws_profile:
+        settings["aws_profile"] = aws_profile
+    identity = _checker("aws")(settings) if check else {}
+    if bucket is None:
+        if not identity:
+            raise UsageError("--bucket is needed when the credentials check is skipped",
+                             "Pass --bucket NAME (created on the first run).")
+        bucket = _bucket_name(["dstack", identity["account"], region, name])
+    query = {"region": region, **({"profile": aws_profile} if aws_profile else {})}
+    settings.update(bucket=bucket, store_url=f"s3://{bucket}?{urlencode(query)}")
+    return Profile(name=name, backend="aws", state_url=state_url, settings=settings), identity
+
+
+def gcp_profile(name: str, *, project: str, zone: str, credentials: str | None,
+                bucket: str | None, state_url: str | None,
+                check: bool = True) -> tuple[Profile, dict[str, str]]:
+    """A `gcp` profile; the identity it resolved to (empty when not checked)."""
+    _check_common(bucket, state_url)
+    if not re.match(r"^[a-z]+-[a-z]+\d+-[a-z]$", zone):
+        raise UsageError(f"--zone {zone!r} is not a GCP zone", "e.g. us-central1-a")
+    if not re.match(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", project):
+        raise UsageError(f"--project {project!r} is not a GCP project id", "e.g. my-ml-123")
+    settings: dict[str, Any] = {"project": project, "zone": zone, "region": zone[:-2]}
+    if credentials:
+        settings["credentials"] = credentials
+    identity = _checker("gcp")(settings) if check else {}
+    bucket = bucket or _bucket_name(["dstack", project, name])
+    settings.update(bucket=bucket, store_url=f"gs://{bucket}?{urlencode({'project': project})}")
+    return Profile(name=name, backend="gcp", state_url=state_url, settings=settings), identity

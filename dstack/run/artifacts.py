@@ -1,0 +1,110 @@
+"""Artifacts of runs: listing, downloading, and uploading local files as a tagged run."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+from dstack.code.archive import safe_join
+from dstack.errors import NotFoundError, UsageError
+from dstack.run.job import ArtifactPath, Job
+from dstack.run.record import (
+    RunRecord,
+    Status,
+    create_run,
+    load_run,
+    now,
+    run_stack_name,
+    update_run,
+)
+from dstack.run.tags import add_tag, check_tag_name, load_tag
+from dstack.store.artifact_sync import ArtifactSync, artifact_prefix
+from dstack.store.base import Store
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """One file of a run's artifacts."""
+
+    path: str
+    size: int
+
+
+def resolve_source(store: Store, ref: str) -> RunRecord:
+    """`RUN` or `:TAG` → the run."""
+    if ref.startswith(":"):
+        return load_run(store, load_tag(store, ref[1:]).run)
+    return load_run(store, ref)
+
+
+def list_artifacts(store: Store, run: str) -> list[ArtifactFile]:
+    """Every artifact file of `run` with its size."""
+    prefix = artifact_prefix(run)
+    files = []
+    for key in store.list(prefix):
+        size = store.size(key)
+        files.append(ArtifactFile(key[len(prefix):], size))
+    return files
+
+
+def download(store: Store, run: str, out_dir: Path, path: str | None = None) -> list[Path]:
+    """Download `run`'s artifacts (only those under `path`, if given) into `out_dir`."""
+    prefix = artifact_prefix(run)
+    wanted = posixpath.normpath(path).strip("/") if path else None
+    written = []
+    for key in store.list(prefix):
+        rel = key[len(prefix):]
+        if wanted and rel != wanted and not rel.startswith(wanted + "/"):
+            continue
+        target = safe_join(out_dir, rel)
+        store.get_file(key, target)
+        written.append(target)
+    if wanted and not written:
+        raise NotFoundError(f"run {run} has no artifact at {wanted!r}",
+                            f"`dstack artifacts list {run}` shows what it has.")
+    return written
+
+
+def upload_as_tag(store: Store, tag: str, paths: list[str], root: Path, profile: str,
+                  backend: str, project: str | None = None) -> RunRecord:
+    """Upload local files or folders as the artifacts of a new finished run tagged `tag`, a
+    run of `project`.
+
+    When the upload fails, or another upload took the tag meanwhile, the new run is removed.
+    """
+    check_tag_name(tag)
+    if store.exists(f"tags/{tag}.json"):
+        raise UsageError(f"tag {tag!r} already exists",
+                         f"Delete it first: `dstack tags delete {tag}`.")
+    rels = []
+    for p in paths:
+        full = (root / p).resolve()
+        try:
+            rel = full.relative_to(root.resolve()).as_posix()
+        except ValueError:
+            raise UsageError(f"--artifact {p}: not inside {root}",
+                             "Give paths inside the current folder.") from None
+        if not full.exists():
+            raise UsageError(f"--artifact {p}: no such file or folder")
+        rels.append(rel)
+    job = Job(provider="upload", artifacts=[ArtifactPath(path=r) for r in rels])
+
+    def make(name: str) -> RunRecord:
+        return RunRecord(name=name, provider="upload", project=project, profile=profile,
+                         backend=backend,
+                         job=job, stack=run_stack_name(name), torn_down=True,
+                         status=Status.UPLOADING, started_at=now(),
+                         submitter={"pid": os.getpid()})
+
+    run = create_run(store, make)
+    try:
+        ArtifactSync(store, run.name, root, rels).sync()
+        run = update_run(store, run.name, status=Status.DONE.value, exit_code=0)
+        add_tag(store, tag, run)  # the tag's conditional create: one upload of a tag wins
+    except BaseException:
+        # Lost the tag to a concurrent upload, or failed: no untagged upload is left behind.
+        store.delete_prefix(f"runs/{run.name}/")
+        raise
+    return run

@@ -1,0 +1,106 @@
+"""The audit trail of a run: its stack's Pulumi history, with the resources each update
+created or deleted.
+
+Pulumi's history is the source of truth for updates (version, kind, start, end, result,
+counts); the names of the resources each update touched are recorded by dstack as it runs
+them, in `runs/<run>/stack.json`, and joined in order. `dstack rm` deletes that record with
+the run's, but not the stack: a removed run is audited from Pulumi's history alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dstack.config.backends import Backend, ResourceChange, UpdateRecord
+from dstack.errors import DstackError, NotFoundError
+from dstack.names import RUN_NAME, did_you_mean
+from dstack.run.record import list_run_names, load_run, now, run_stack_name
+from dstack.store.base import Store
+
+
+def stack_key(run: str) -> str:
+    """Store key of a run's recorded stack updates."""
+    return f"runs/{run}/stack.json"
+
+
+def record_update(store: Store, run: str, kind: str, changes: list[ResourceChange]) -> None:
+    """Remember which resources an update of the run's stack changed."""
+
+    def mutate(doc: dict[str, Any]) -> dict[str, Any]:
+        updates = list(doc.get("updates", []))
+        updates.append({"kind": kind, "at": now(), "changes": [asdict(c) for c in changes]})
+        return {"version": 1, "updates": updates}
+
+    store.update_json(stack_key(run), mutate)
+
+
+def audit_trail(store: Store, run: str, history: list[UpdateRecord]) -> list[dict[str, Any]]:
+    """Each update of the run's stack, oldest first.
+
+    `version` is the update's number in the stack's history (1 for the first). `resources`
+    are the resources of the run's program the update touched (op, type, name), as dstack
+    recorded them, or None when it has no record of the update (the run was removed, or dstack
+    did not run that update); `changes` counts exactly those by operation (None with them).
+    `pulumi_changes` is Pulumi's own count, which also counts the stack's resource
+    (`pulumi:pulumi:Stack`) and explicit provider resources (`pulumi:providers:*`), not the
+    default providers: on the local backend the first update creates 3 for 2 run resources.
+    """
+    try:
+        recorded = store.get_json(stack_key(run)).get("updates", [])
+    except Exception:
+        recorded = []
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for item in recorded:
+        by_kind.setdefault(item["kind"], []).append(item)
+    trail = []
+    for update in history:
+        kind = "up" if update.kind == "update" else update.kind
+        names = by_kind.get(kind, [])
+        touched = names.pop(0)["changes"] if names else None
+        counts = None if touched is None else dict(Counter(c["op"] for c in touched))
+        trail.append({"version": update.version, "kind": kind, "result": update.result,
+                      "start": update.start, "end": update.end, "changes": counts,
+                      "resources": touched, "pulumi_changes": update.changes})
+    return trail
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What `dstack audit RUN` shows: the updates of the run's stack (`audit_trail`), whether
+    the run's record was removed (only the stack's history is then known), and the
+    `pulumi stack history` command that lists the same updates."""
+
+    run: str
+    updates: list[dict[str, Any]]
+    removed: bool
+    command: str
+
+
+def audit_run(store: Store, backend: Backend, run: str) -> Audit:
+    """The audit of `run`, also when `dstack rm` removed its record but its stack remains;
+    NotFoundError (with the closest name of a run or a removed run's stack) when neither is."""
+    try:
+        load_run(store, run)
+        removed = False
+    except NotFoundError:
+        removed = True
+    try:
+        history = backend.history(run)
+    except NotFoundError:
+        if removed:
+            raise _no_run(store, backend, run) from None
+        raise
+    return Audit(run=run, updates=audit_trail(store, run, history), removed=removed,
+                 command=backend.history_command(run))
+
+
+def _no_run(store: Store, backend: Backend, run: str) -> NotFoundError:
+    names = set(list_run_names(store))
+    prefix = run_stack_name("")
+    with contextlib.suppress(DstackError):  # the suggestion is a courtesy
+        names |= {s.name[len(prefix):] for s in backend.stacks() if s.name.startswith(prefix)}
+    hint = did_you_mean(run, names) if RUN_NAME.match(run) else None
+    return NotFoundError(f"no run named {run!r}", hint or "`dstack ps -a` lists the runs.")

@@ -1,0 +1,311 @@
+"""The life cycle of runs: provision, stop, tear down, and repair after a crash.
+
+Nothing may outlive a run: whichever dstack command next sees a finished run whose stack
+still holds resources tears it down (`reconcile`), and `gc` also destroys stacks no run
+owns and clears engine locks whose process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from datetime import datetime
+
+from dstack.code.uploads import remove_unused_code
+from dstack.config.backends import ResourceChange
+from dstack.errors import (
+    BackendError,
+    DstackError,
+    NotFoundError,
+    StackBusyError,
+    StoreError,
+    UsageError,
+)
+from dstack.interrupts import deferred_sigint
+from dstack.procs import process_alive, process_start_ticks, shell_exit_code
+from dstack.run.audit import record_update
+from dstack.run.context import Context, Say, quiet
+from dstack.run.listing import run_docs, settled
+from dstack.run.record import (
+    RunRecord,
+    Status,
+    heartbeat_key,
+    load_run,
+    run_stack_name,
+    stop_key,
+    update_run,
+)
+
+
+def submitter() -> dict[str, object]:
+    """Who submits a run: this host and process, so others can tell if it is gone."""
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "start_ticks": process_start_ticks(os.getpid())}
+
+
+def submitter_alive(run: RunRecord) -> bool:
+    """Whether the CLI that submitted `run` still runs (False when it is on another host)."""
+    sub = run.submitter
+    if sub.get("host") != socket.gethostname() or not sub.get("pid"):
+        return False
+    return process_alive(int(sub["pid"]), sub.get("start_ticks"))
+
+
+def provision(ctx: Context, run: RunRecord, say: Say = quiet) -> RunRecord:
+    """Bring up the run's stack; on failure tear it down again and mark the run failed.
+
+    Ctrl-C does not cut the update short: it is deferred, and then stops the run.
+    """
+    run = update_run(ctx.store, run.name, status=Status.PROVISIONING.value)
+    say(f"provisioning stack {run.stack}")
+    with deferred_sigint(say, "Ctrl-C: the job stops as soon as its stack is up") as interrupted:
+        try:
+            changes, instance = ctx.backend.provision(run, ctx.backend.bootstrap(run))
+            record_update(ctx.store, run.name, "up", changes)
+        except BaseException as exc:
+            reason = str(exc) if isinstance(exc, DstackError) else repr(exc)
+            update_run(ctx.store, run.name, status=Status.FAILED.value,
+                       message=f"provisioning failed: {reason}")
+            teardown(ctx, run.name, say)
+            raise
+    if interrupted.count:
+        request_stop(ctx, run.name)
+    say(f"created {', '.join(c.name for c in changes if c.op == 'create') or 'nothing'}")
+    return update_run(ctx.store, run.name, instance=instance)
+
+
+def teardown(ctx: Context, run_name: str, say: Say = quiet, wait_s: float = 120.0) -> bool:
+    """Destroy the run's stack (keeping its history) and record it; True when done here.
+
+    When another process holds the stack's lock (it is tearing it down too), wait for it; a
+    lock whose engine process is gone is cleared at once.
+    """
+    deadline = time.monotonic() + wait_s
+    repaired = False
+    while True:
+        try:
+            with deferred_sigint(say, "Ctrl-C: the stack is being destroyed; one moment"):
+                changes: list[ResourceChange] = ctx.backend.teardown(run_name)
+            break
+        except StackBusyError:
+            if _cleared_stale_lock(ctx, run_name, say):
+                continue
+            try:
+                if load_run(ctx.store, run_name).torn_down:
+                    return False
+            except NotFoundError:
+                pass
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+        except BackendError:
+            # An engine killed while saving a checkpoint leaves the stack unreadable (the
+            # engine reads it before it looks at the lock): repaired as its lock is cleared.
+            if repaired or not _cleared_stale_lock(ctx, run_name, say):
+                raise
+            repaired = True
+    record_update(ctx.store, run_name, "destroy", changes)
+    if changes:
+        say(f"destroyed stack {run_stack_name(run_name)} ({len(changes)} resource(s))")
+    with contextlib.suppress(NotFoundError):
+        update_run(ctx.store, run_name, torn_down=True)
+    return True
+
+
+def _cleared_stale_lock(ctx: Context, run_name: str, say: Say) -> bool:
+    """Whether the run's stack had a lock of a dead engine, now cleared (and its stack
+    repaired)."""
+    stack = run_stack_name(run_name)
+    if stack not in ctx.backend.clear_stale_locks():
+        return False
+    say(f"cleared the lock a dead engine left on stack {stack}")
+    return True
+
+
+def request_stop(ctx: Context, run_name: str, abort: bool = False) -> None:
+    """Ask the runner to stop the job (`abort`: without the final artifact sync)."""
+    ctx.store.put_json(stop_key(run_name), {"abort": abort, "at": time.time()})
+
+
+def wait_finished(ctx: Context, run_name: str, timeout_s: float, poll_s: float = 0.2) -> RunRecord:
+    """Poll the run until it has a terminal status, the runner dies, or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = load_run(ctx.store, run_name)
+        if run.status.finished or time.monotonic() > deadline:
+            return run
+        if run.status in (Status.RUNNING, Status.UPLOADING) and \
+                runner_alive(ctx, run) is False:
+            return load_run(ctx.store, run_name)
+        time.sleep(poll_s)
+
+
+def stop(ctx: Context, run_name: str, abort: bool = False, say: Say = quiet,
+         timeout_s: float = 60.0) -> RunRecord:
+    """Stop a run and tear down its stack; return its final record."""
+    run = load_run(ctx.store, run_name)
+    if not run.status.finished:
+        request_stop(ctx, run_name, abort)
+        say("abort requested" if abort else "stop requested; saving artifacts")
+        if run.status in (Status.RUNNING, Status.UPLOADING):
+            run = wait_finished(ctx, run_name, timeout_s)
+    if not run.torn_down:
+        teardown(ctx, run_name, say)
+    final = load_run(ctx.store, run_name)
+    if not final.status.finished:
+        # The runner never took the request (it was gone or never started): end the run.
+        final = update_run(ctx.store, run_name,
+                           status=(Status.ABORTED if abort else Status.STOPPED).value,
+                           message="stopped before the job started")
+    return final
+
+
+HEARTBEAT_STALE_S = 180.0
+
+
+def runner_alive(ctx: Context, run: RunRecord) -> bool | None:
+    """Whether the run's runner still runs: the backend's answer, else its heartbeat in the
+    store (a cloud instance that died without a final status stops beating)."""
+    alive = ctx.backend.runner_alive(run)
+    if alive is not None or run.status not in (Status.RUNNING, Status.UPLOADING):
+        return alive
+    try:
+        beat = float(ctx.store.get_json(heartbeat_key(run.name)).get("at", 0))
+    except (NotFoundError, StoreError, ValueError):
+        beat = datetime.fromisoformat(run.started_at or run.submitted_at).timestamp()
+    return time.time() - beat < HEARTBEAT_STALE_S
+
+
+def needs_teardown(ctx: Context, run: RunRecord) -> bool:
+    """Whether `run` has a stack that should be destroyed now."""
+    if run.torn_down:
+        return False
+    if not run.detached and submitter_alive(run):
+        return False  # its own CLI is watching it and will tear it down
+    if run.status.finished:
+        return True
+    if run.status in (Status.SUBMITTED, Status.PROVISIONING) and not run.instance:
+        return not submitter_alive(run)  # its stack is not up (yet): was its CLI cut short?
+    return runner_alive(ctx, run) is False
+
+
+def end_unfinished(ctx: Context, run_name: str) -> None:
+    """After the stack of a run without a terminal status was destroyed: the run failed.
+
+    That is a run whose submitting CLI died before its stack was up, or whose runner died
+    without ending it (the salvage on teardown ends it when the stack knew the runner).
+    """
+    with contextlib.suppress(NotFoundError):
+        run = load_run(ctx.store, run_name)
+        if run.status.finished:
+            return
+        if run.status in (Status.RUNNING, Status.UPLOADING):
+            reason = ctx.backend.runner_gone_reason(run)
+            message = "the runner stopped before the job finished" + \
+                (f": {reason}" if reason else "")
+        else:
+            message = ("provisioning did not finish: the dstack command that submitted the "
+                       "run stopped")
+        update_run(ctx.store, run_name, status=Status.FAILED.value, message=message)
+
+
+def reconcile(ctx: Context, say: Say = quiet,
+              failed: list[str] | None = None) -> list[str]:
+    """Tear down every run that finished (or whose runner or CLI died); return their names.
+
+    A run whose stack cannot be destroyed now is reported through `say` and appended to
+    `failed`, and the others go on: housekeeping never blocks the command that does it.
+    """
+    done = []
+    for doc in run_docs(ctx.store, ctx.listing_cache):
+        if settled(doc):
+            continue
+        run = RunRecord.model_validate(doc)
+        if needs_teardown(ctx, run):
+            if not _try_teardown(ctx, run.name, say, failed):
+                continue
+            done.append(run.name)
+            end_unfinished(ctx, run.name)
+    return done
+
+
+def _try_teardown(ctx: Context, run_name: str, say: Say, failed: list[str] | None,
+                  note_busy: bool = False) -> bool:
+    """`teardown` without waiting for a busy stack; False when it is busy or fails."""
+    try:
+        return teardown(ctx, run_name, say, wait_s=0)
+    except StackBusyError:
+        if note_busy:
+            say(f"stack {run_stack_name(run_name)} is busy; left alone")
+        return False
+    except BackendError as exc:
+        say(f"could not destroy the stack of run {run_name} now: {exc.message}; "
+            "`dstack gc` tries again")
+        if failed is not None:
+            failed.append(run_name)
+        return False
+
+
+def gc(ctx: Context, say: Say = quiet) -> dict[str, list[str]]:
+    """Repair everything a crashed CLI may have left: locks, finished runs, orphan stacks;
+    and remove the code archives no run refers to any more (`code`).
+
+    What it could not do is listed under `failed` (run names, or the stack listing as
+    `*`); it is reported through `say` as it happens.
+    """
+    cleared = ctx.backend.clear_stale_locks()
+    for stack in cleared:
+        say(f"cleared a stale lock on stack {stack}")
+    failed: list[str] = []
+    torn = reconcile(ctx, say, failed)
+    runs = {r["name"]: RunRecord.model_validate(r) for r in run_docs(ctx.store)}
+    orphans = []
+    try:
+        stacks = ctx.backend.stacks()
+    except BackendError as exc:
+        say(f"could not look for orphan stacks: {exc}")
+        stacks = []
+        failed.append("*")
+    for info in stacks:
+        if not info.name.startswith("run-") or info.resource_count == 0:
+            continue
+        name = info.name[len("run-"):]
+        run = runs.get(name)
+        if name in failed:
+            continue
+        if run is None or (run.torn_down is False and needs_teardown(ctx, run)) or \
+                (run.torn_down and info.resource_count > 0):
+            if not _try_teardown(ctx, name, say, failed, note_busy=True):
+                continue
+            orphans.append(name)
+            if run is not None:
+                end_unfinished(ctx, name)
+    code = remove_unused_code(ctx.store, {r.code for r in runs.values() if r.code})
+    return {"locks": cleared, "torn_down": torn, "orphans": orphans, "failed": failed,
+            "code": code}
+
+
+def exit_code(run: RunRecord) -> int:
+    """What `dstack run` exits with: the job's code, 128+N for a signal, 1 otherwise."""
+    if run.status is Status.DONE:
+        return 0
+    code = run.exit_code
+    if code is None or code == 0:
+        return 130 if run.status in (Status.STOPPED, Status.ABORTED) else 1
+    return shell_exit_code(code)
+
+
+def remove_run(ctx: Context, run_name: str, tags: list[str]) -> None:
+    """Delete a finished run's record, logs and artifacts (its stack history stays)."""
+    run = load_run(ctx.store, run_name)
+    if not run.status.finished:
+        raise UsageError(f"run {run_name} is {run.status.value}",
+                         f"Stop it first: `dstack stop {run_name}`.")
+    if tags:
+        raise UsageError(f"run {run_name} is tagged ({', '.join(tags)}); its artifacts are "
+                         "in use", "Delete the tag(s) first: `dstack tags delete TAG`.")
+    if not run.torn_down:
+        teardown(ctx, run_name)
+    ctx.store.delete_prefix(f"runs/{run_name}/")

@@ -1,0 +1,141 @@
+"""Listing runs and tags fast, with a cache in the dstack home.
+
+A run that finished and whose stack is torn down no longer changes, so the fields of its
+document that listings show (`LISTED`) are cached and it is not read again; only runs still
+in progress are read each time. Tags are cached by the store's version token of each tag
+document. The store stays the truth: a run or tag that disappears from it disappears from
+the listing, and the cache can be deleted at any time. A process loads the cache once.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dstack.errors import NotFoundError, StoreError
+from dstack.home import write_private
+from dstack.run.record import TERMINAL, run_key
+from dstack.store.base import Store
+
+_FINAL = {s.value for s in TERMINAL}
+LISTED = ("name", "workflow", "project", "provider", "status", "submitted_at", "started_at",
+          "finished_at", "backend", "exit_code", "message", "torn_down")
+"""The fields of a settled run that listings read (and `job.artifacts`, as paths)."""
+CACHE_VERSION = 3
+"""Of the cache file; a cache of another version (2 kept no `project`) is rebuilt."""
+_loaded: dict[Path, dict[str, Any]] = {}
+
+
+def settled(doc: dict[str, Any]) -> bool:
+    """A run document that will not change any more."""
+    return doc.get("status") in _FINAL and bool(doc.get("torn_down"))
+
+
+def _load(path: Path | None, store: Store) -> dict[str, Any]:
+    """The cache of `store` (empty when missing, unreadable or of another store)."""
+    if path is None:
+        return {}
+    if path not in _loaded:
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            doc = {}
+        _loaded[path] = doc if isinstance(doc, dict) and doc.get("version") == CACHE_VERSION else {}
+    doc = _loaded[path]
+    return doc if doc.get("store") == store.url else {}
+
+
+def _save(path: Path | None, doc: dict[str, Any]) -> None:
+    if path is not None:
+        write_private(path, json.dumps(doc, separators=(",", ":")).encode())
+        _loaded[path] = doc
+
+
+def _listed(doc: dict[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of a settled run's document."""
+    out = {k: doc.get(k) for k in LISTED}
+    out["job"] = {"artifacts": [{"path": a.get("path")}
+                                for a in (doc.get("job") or {}).get("artifacts") or []]}
+    return out
+
+
+def run_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
+    """Every run document, newest first; with a cache, settled runs have only the `LISTED`
+    fields (read the run itself for more)."""
+    whole = _load(cache, store)
+    cached: dict[str, Any] = whole.get("runs", {})
+    fresh: dict[str, Any] = {}
+    dirty = False
+    for name in store.list_dirs("runs/"):
+        doc = cached.get(name)
+        if doc is None or not settled(doc):
+            try:
+                doc = store.get_json(run_key(name))
+            except (NotFoundError, StoreError):
+                continue
+            if cache is not None and settled(doc):
+                doc = _listed(doc)
+                dirty = True
+        fresh[name] = doc
+    if dirty or len([n for n in cached if n in fresh]) != len(cached):
+        _save(cache, {"version": CACHE_VERSION, "store": store.url, "tags": whole.get("tags", {}),
+                      "runs": {n: d for n, d in fresh.items() if settled(d)}})
+    return sorted(fresh.values(), key=lambda d: str(d.get("submitted_at", "")), reverse=True)
+
+
+def project_runs(docs: list[dict[str, Any]], project: str | None) -> list[dict[str, Any]]:
+    """The documents of runs of `project` (None: of the unknown project, recorded before
+    runs had one)."""
+    return [d for d in docs if d.get("project") == project]
+
+
+def tag_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
+    """Every tag document, newest first (unchanged ones from the cache)."""
+    whole = _load(cache, store)
+    cached: dict[str, Any] = whole.get("tags", {})
+    fresh: dict[str, Any] = {}
+    dirty = False
+    for key, version in store.list_versions("tags/").items():
+        if not key.endswith(".json"):
+            continue
+        entry = cached.get(key)
+        if entry is None or entry.get("v") != version:
+            try:
+                entry = {"v": version, "doc": store.get_json(key)}
+            except (NotFoundError, StoreError):
+                continue
+            dirty = True
+        fresh[key] = entry
+    if dirty or len(fresh) != len(cached):
+        whole = {**whole, "version": CACHE_VERSION, "store": store.url, "tags": fresh}
+        whole.setdefault("runs", {})
+        _save(cache, whole)
+    docs = [e["doc"] for e in fresh.values()]
+    return sorted(docs, key=lambda d: str(d.get("created_at", "")), reverse=True)
+
+
+def run_summary(doc: dict[str, Any], tags: list[str], now: float) -> dict[str, Any]:
+    """A run as `dstack ps` shows it, from its document."""
+    start = doc.get("started_at") or doc.get("submitted_at")
+    end = doc.get("finished_at")
+    duration = None
+    if start:
+        t1 = datetime.fromisoformat(end).timestamp() if end else now
+        duration = round(max(0.0, t1 - datetime.fromisoformat(start).timestamp()), 1)
+    finished = doc.get("status") in _FINAL
+    host = (doc.get("instance") or {}).get("public_ip")
+    apps = [] if finished else [
+        str(a["url"]).replace("//0.0.0.0:", f"//{host}:", 1) if host else str(a["url"])
+        for a in doc.get("apps") or []]
+    job = doc.get("job") or {}
+    return {
+        "run": doc.get("name"), "workflow": doc.get("workflow") or "",
+        "project": doc.get("project"),
+        "provider": doc.get("provider"), "status": doc.get("status"),
+        "submitted": doc.get("submitted_at"), "duration": duration,
+        "backend": doc.get("backend"), "tags": tags,
+        "artifacts": [a["path"] for a in job.get("artifacts") or []], "apps": apps,
+        "exit_code": doc.get("exit_code"), "message": doc.get("message"),
+    }

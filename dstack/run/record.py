@@ -1,0 +1,200 @@
+"""Runs: the versioned `runs/<run>/run.json` document, its statuses and store access.
+
+The CLI creates the document (claiming the run's name atomically) and the runner moves it
+through its statuses. Every update is a read-modify-write under the store's `update_json`,
+and a terminal status is never overwritten.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dstack.errors import NotFoundError, StoreError, UsageError
+from dstack.names import did_you_mean, run_name_candidates
+from dstack.run.job import Job
+from dstack.store.base import Store
+
+SCHEMA_VERSION = 1
+
+
+class Status(str, Enum):
+    """Where a run is in its life."""
+
+    SUBMITTED = "submitted"
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    UPLOADING = "uploading"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    ABORTED = "aborted"
+
+    @property
+    def finished(self) -> bool:
+        """True for the statuses a run never leaves."""
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.DONE, Status.FAILED, Status.STOPPED, Status.ABORTED})
+
+
+def now() -> str:
+    """The current UTC time as ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class App(BaseModel):
+    """An app the job serves, once its port answers."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+    name: str
+    port: int
+    url: str
+
+
+class RunRecord(BaseModel):
+    """The document `runs/<run>/run.json`."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    version: int = Field(SCHEMA_VERSION, description="Schema version of this document.")
+    name: str
+    workflow: str | None = Field(None, description="Workflow name; None for a provider form.")
+    project: str | None = Field(None, description="The project it belongs to: its git remote's "
+                                "URL (no credentials), else its folder; None in older records.")
+    provider: str
+    profile: str
+    backend: str
+    status: Status = Status.SUBMITTED
+    submitted_at: str = Field(default_factory=now)
+    started_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+    message: str | None = Field(None, description="Why the run ended the way it did.")
+    job: Job
+    deps: list[str] = Field(default_factory=list, description="Runs whose artifacts it uses.")
+    code: str | None = Field(None, description="sha256 of the code archive in the store.")
+    tag: str | None = Field(None, description="Tag to add when the run succeeds.")
+    stack: str
+    torn_down: bool = False
+    instance: dict[str, Any] = Field(default_factory=dict)
+    price_per_hour: float | None = None
+    apps: list[App] = Field(default_factory=list)
+    submitter: dict[str, Any] = Field(default_factory=dict,
+                                      description="Host and pid of the CLI that submitted it.")
+    detached: bool = False
+
+    def app_url(self, app: App) -> str:
+        """The app's URL as the user opens it (a cloud runner binds 0.0.0.0; the instance's
+        public address stands in for it)."""
+        host = self.instance.get("public_ip")
+        return app.url.replace("//0.0.0.0:", f"//{host}:", 1) if host else app.url
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start (or submission) to finish (or now)."""
+        start = self.started_at or self.submitted_at
+        end = self.finished_at
+        t0 = datetime.fromisoformat(start).timestamp()
+        t1 = datetime.fromisoformat(end).timestamp() if end else time.time()
+        return max(0.0, t1 - t0)
+
+
+def run_stack_name(name: str) -> str:
+    """The ephemeral Pulumi stack of a run."""
+    return f"run-{name}"
+
+
+def run_key(name: str) -> str:
+    """The store key of a run's document."""
+    return f"runs/{name}/run.json"
+
+
+def heartbeat_key(run: str) -> str:
+    """Store key of the runner's heartbeat (how a cloud run shows it is alive)."""
+    return f"runs/{run}/heartbeat.json"
+
+
+def stop_key(run: str) -> str:
+    """Store key of a run's stop request."""
+    return f"runs/{run}/stop.json"
+
+
+def create_run(store: Store, make: Any) -> RunRecord:
+    """Claim a fresh run name and store the record `make(name)` under it, atomically."""
+    for attempt, name in enumerate(run_name_candidates()):
+        record: RunRecord = make(name)
+        if store.create_json(run_key(name), record.model_dump(mode="json")):
+            return record
+        if attempt > 10_000:
+            break
+    raise UsageError("could not find a free run name")  # pragma: no cover
+
+
+def check_run_name(name: str) -> str:
+    """Return `name` if it can be a run's name; UsageError otherwise (before any store key
+    is made from it: `../x` must not reach the store)."""
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", name):
+        raise UsageError(f"{name!r} is not a run name",
+                         "Run names look like `brave-otter-1`; `dstack ps -a` lists the runs.")
+    return name
+
+
+def load_run(store: Store, name: str) -> RunRecord:
+    """The run called `name`; NotFoundError with a suggestion when there is none."""
+    check_run_name(name)
+    try:
+        doc = store.get_json(run_key(name))
+    except NotFoundError:
+        raise NotFoundError(f"no run named {name!r}",
+                            _suggestion(store, name) or "`dstack ps -a` lists the runs.",
+                            ) from None
+    return RunRecord.model_validate(doc)
+
+
+def _suggestion(store: Store, name: str) -> str | None:
+    """A "did you mean" naming the run closest to `name` (run names are lower case); only
+    asked for when a lookup missed, as it lists every run."""
+    try:
+        names = list_run_names(store)
+    except StoreError:
+        return None
+    return did_you_mean(name.lower(), names)
+
+
+def list_run_names(store: Store) -> list[str]:
+    """Names of every run in the store."""
+    return store.list_dirs("runs/")
+
+
+def update_run(store: Store, name: str, **changes: Any) -> RunRecord:
+    """Apply `changes` to the run's document unless it already finished.
+
+    A change of `status` to a terminal one stamps `finished_at`. Once a run is finished only
+    bookkeeping fields (`torn_down`, `instance`, `apps`, `message`) may still change.
+    """
+
+    def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
+        if not doc:
+            raise NotFoundError(f"no run named {name!r}")
+        current = RunRecord.model_validate(doc)
+        allowed = changes
+        if current.status.finished:
+            allowed = {k: v for k, v in changes.items()
+                       if k in ("torn_down", "instance", "apps", "message")}
+            if "message" in allowed and current.message:
+                allowed.pop("message")
+            if not allowed:
+                return None
+        new = RunRecord.model_validate({**current.model_dump(), **allowed})
+        if "status" in allowed and new.status.finished and not new.finished_at:
+            new.finished_at = now()
+        return new.model_dump(mode="json")
+
+    return RunRecord.model_validate(store.update_json(run_key(name), mutate))

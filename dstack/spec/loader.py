@@ -1,0 +1,417 @@
+"""Loading workflows: `.dstack/workflows.yaml` and `.dstack/workflows/*.yaml` of a project.
+
+`load_workflows(project_dir)` reads every file, keeps the line of every key and value,
+checks each workflow against its provider's model (`dstack.spec.models.workflow_model`) and
+then checks them together (unique names, known dependencies, no cycles). Every problem
+becomes one line `file:line:column: field.path: what is wrong` of a single `SpecError`;
+nothing escapes as a traceback. `runnable_workflows` keeps, from files with problems, the
+workflows that are fine (so fixing one workflow does not stop the others).
+`validate_workflow` checks one mapping given on the command line. Reading the YAML with
+positions is `dstack.spec.positions`'s job; `Problem` and `spec_error` are in
+`dstack.spec.problems`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+from pydantic import BaseModel, ValidationError
+
+from dstack.errors import SpecError, UsageError
+from dstack.names import did_you_mean
+from dstack.spec.fields import UNITS_REQUIRED, describe
+from dstack.spec.models import Workflow, workflow_model
+from dstack.spec.positions import Marks, parse_yaml, read_text
+from dstack.spec.problems import MAX_PROBLEMS as MAX_PROBLEMS
+from dstack.spec.problems import FieldPath, Locate, Problem, spec_error
+from dstack.spec.registry import PROVIDERS, providers_hint, unknown_provider_message
+
+MAX_FILE_BYTES = 5 * 1024 * 1024
+COMMAND_LINE = "<command line>"
+EXAMPLE_HINT = "For example:\nworkflows:\n  - name: train\n    provider: python\n    file: train.py"
+
+
+def _problem(
+    origin: str, locate: Locate | None, path: FieldPath, message: str, key: bool = False
+) -> Problem:
+    position = locate(path, key) if locate else None
+    return Problem(origin, path, message, *(position or (None, None)))
+
+
+# -- one workflow --------------------------------------------------------------------------
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _plain(error: Mapping[str, Any]) -> str:
+    """A pydantic error in plain words."""
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {describe(value)}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        bound = {"ge": "at least", "gt": "more than", "le": "at most", "lt": "less than"}
+        name = next(k for k in bound if k in ctx)
+        return f"must be {bound[name]} {ctx[name]}, got {describe(value)}"
+    if kind in ("too_short", "string_too_short") and ctx.get("min_length") == 1:
+        return "must not be empty"
+    return str(error["msg"])
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
+
+
+def _fields_at(model: type[BaseModel], path: FieldPath) -> list[str]:
+    """The keys allowed in the mapping at `path` inside `model`."""
+    current: type[BaseModel] | None = model
+    for part in path:
+        if isinstance(part, int) or current is None:
+            continue
+        info = next((f for n, f in current.model_fields.items() if part in (n, f.alias)), None)
+        current = _model_in(info.annotation) if info else None
+    return [f.alias or n for n, f in current.model_fields.items()] if current else []
+
+
+def _unknown_field(provider: str, path: FieldPath) -> tuple[str, str | None]:
+    """Message for an unknown key at `path`, and the field it was probably meant to be."""
+    key = str(path[-1])
+    choices = _fields_at(workflow_model(provider), path[:-1])
+    message = f'unknown field "{key}"'
+    if len(path) == 1:
+        others = [p for p in PROVIDERS if key in _fields_at(workflow_model(p), ())]
+        if others:
+            return f"{message} for the {provider} provider ({', '.join(others)} has it)", None
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    if close:
+        return f'{message}. Did you mean "{close[0]}"?', close[0]
+    if 0 < len(choices) <= 8:
+        return f"{message}; expected one of: {', '.join(choices)}", None
+    return message, None
+
+
+def check_workflow(
+    data: object,
+    *,
+    origin: str = COMMAND_LINE,
+    path: FieldPath = (),
+    locate: Locate | None = None,
+    units_required: bool = False,
+) -> tuple[Workflow | None, list[Problem]]:
+    """Validate one workflow mapping: the workflow, or None and every problem found.
+
+    `units_required`: the mapping is what a person wrote, so a size that is a bare number
+    is refused rather than read as bytes.
+    """
+
+    def problem(sub: FieldPath, message: str, key: bool = False) -> Problem:
+        return _problem(origin, locate, path + sub, message, key)
+
+    if not isinstance(data, Mapping):
+        return None, [problem((), f"expected a mapping of workflow fields, got {describe(data)}")]
+    provider = data.get("provider")
+    if provider is None:
+        return None, [problem((), f'"provider" is required. {providers_hint()}')]
+    if not isinstance(provider, str):
+        return None, [problem(("provider",), f"expected a provider name, got {describe(provider)}")]
+    if provider not in PROVIDERS:
+        message = f"{unknown_provider_message(provider)} {providers_hint()}"
+        return None, [problem(("provider",), message)]
+    model = workflow_model(provider)
+    try:
+        context = {UNITS_REQUIRED: True} if units_required else None
+        return model.model_validate(dict(data), context=context), []
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+    problems, meant = [], set()
+    for error in errors:
+        loc = tuple(error["loc"])
+        if error["type"] == "extra_forbidden":
+            message, suggestion = _unknown_field(provider, loc)
+            problems.append(problem(loc, message, key=True))
+            meant.add((*loc[:-1], suggestion))
+    for error in errors:
+        loc = tuple(error["loc"])
+        if error["type"] == "missing" and loc not in meant:  # a misspelling says it already
+            problems.append(problem(loc[:-1], f'"{loc[-1]}" is required'))
+        elif error["type"] not in ("missing", "extra_forbidden"):
+            problems.append(problem(loc, _plain(error)))
+    return None, problems
+
+
+def validate_workflow(data: Mapping[str, Any], *, origin: str = COMMAND_LINE) -> Workflow:
+    """The workflow `data` describes (`name` may be absent); `SpecError` listing every problem."""
+    workflow, problems = check_workflow(data, origin=origin)
+    if problems or workflow is None:
+        raise spec_error(problems)
+    return workflow
+
+
+# -- files and projects --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a workflow is defined: its file, shown as `origin`, and the line of its entry."""
+
+    path: Path
+    origin: str
+    line: int
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.origin}:{self.line}"
+
+
+class Workflows(Mapping[str, Workflow]):
+    """A project's workflows by name, in file order, with where each was defined."""
+
+    def __init__(
+        self,
+        workflows: Mapping[str, Workflow] | None = None,
+        locations: Mapping[str, Location] | None = None,
+        files: Sequence[Path] = (),
+        locates: Mapping[str, Locate] | None = None,
+    ) -> None:
+        self._workflows = dict(workflows or {})
+        self.locations = dict(locations or {})
+        self.files = list(files)
+        self._locates = dict(locates or {})
+
+    def __getitem__(self, name: str) -> Workflow:
+        return self._workflows[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._workflows)
+
+    def __len__(self) -> int:
+        return len(self._workflows)
+
+    def location(self, name: str) -> Location:
+        """Where workflow `name` is defined."""
+        return self.locations[name]
+
+    def problem(self, name: str, field: str, message: str) -> Problem:
+        """A problem with `field` of workflow `name`, at the field's line in its file."""
+        location = self.locations[name]
+        path: FieldPath = ("workflows", location.index, field)
+        locate = self._locates.get(name)
+        position = (locate(path, False) if locate else None) or (location.line, 1)
+        return Problem(location.origin, path, message, *position)
+
+    def require(self, name: str) -> Workflow:
+        """Workflow `name`, or a `UsageError` with the nearest name."""
+        if name in self._workflows:
+            return self._workflows[name]
+        message = f'unknown workflow "{name}"'
+        suggestion = did_you_mean(name, self._workflows)
+        known = ", ".join(self._workflows) or "none (no .dstack/workflows.yaml)"
+        hint = f"Workflows: {known}. {providers_hint()}"
+        raise UsageError(f"{message}. {suggestion}" if suggestion else message, hint)
+
+
+def workflow_files(project_dir: Path) -> list[Path]:
+    """`.dstack/workflows.yaml` (or `.yml`) then `.dstack/workflows/*.yaml` in name order."""
+    root = project_dir / ".dstack"
+    files = [root / name for name in ("workflows.yaml", "workflows.yml")
+             if (root / name).exists() or (root / name).is_symlink()]  # a broken link: say so
+    folder = root / "workflows"
+    if folder.is_dir():
+        files += sorted(
+            p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.name[0] != "."
+        )
+    return files
+
+
+def _origin(path: Path, project_dir: Path) -> str:
+    try:
+        return path.relative_to(project_dir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class _Entry:
+    workflow: Workflow
+    location: Location
+    locate: Locate
+
+
+def _check_file(
+    data: object, path: Path, origin: str, marks: Marks
+) -> tuple[list[_Entry], list[Problem]]:
+    """The workflows of one parsed file and the problems in it."""
+    locate = marks.locate
+
+    def problem(sub: FieldPath, message: str, key: bool = False) -> Problem:
+        return _problem(origin, locate, sub, message, key)
+
+    if data is None:
+        raise SpecError(f"{origin}: the file is empty", EXAMPLE_HINT)
+    if not isinstance(data, dict):
+        message = f"the top level must be a mapping with a `workflows:` list, not {describe(data)}"
+        return [], [problem((), message)]
+    problems = []
+    for key in data:
+        if key != "workflows" and not key.startswith("x-"):  # x-…: room for YAML anchors
+            suggestion = did_you_mean(key, ["workflows"]) or (
+                'The only key is "workflows"; keys starting with "x-" are ignored.'
+            )
+            problems.append(problem((key,), f'unknown key "{key}". {suggestion}', key=True))
+    items = data.get("workflows")
+    if "workflows" not in data:
+        problems.append(Problem(origin, (), '"workflows" is missing', 1, 1))
+    elif not isinstance(items, list):
+        message = f"expected a list of workflows, got {describe(items)}"
+        problems.append(problem(("workflows",), message))
+    entries = []
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        item_path: FieldPath = ("workflows", i)
+        workflow, found = check_workflow(item, origin=origin, path=item_path, locate=locate,
+                                         units_required=True)
+        if isinstance(item, Mapping) and "name" not in item:
+            found.insert(0, problem(item_path, '"name" is required'))
+        elif isinstance(item, Mapping) and item["name"] is None:
+            found.insert(0, problem((*item_path, "name"), "expected a workflow name, got nothing"))
+        problems += found
+        if workflow is not None and not found:
+            line = (locate(item_path, False) or (1, 1))[0]
+            entries.append(_Entry(workflow, Location(path, origin, line, i), locate))
+    return entries, sorted(problems, key=lambda p: p.line or 0)
+
+
+def _check_together(entries: list[_Entry]) -> list[Problem]:
+    """Problems between workflows: duplicate names, unknown dependencies, cycles."""
+    problems: list[Problem] = []
+    first: dict[str, _Entry] = {}
+
+    def problem(entry: _Entry, sub: FieldPath, message: str) -> Problem:
+        where = ("workflows", entry.location.index, *sub)
+        return _problem(entry.location.origin, entry.locate, where, message)
+
+    for entry in entries:
+        name = str(entry.workflow.name)
+        if name in first:
+            message = f'"{name}" is defined twice: at {first[name].location} and {entry.location}'
+            problems.append(problem(entry, ("name",), message))
+        else:
+            first[name] = entry
+    graph: dict[str, list[tuple[str, int]]] = {name: [] for name in first}
+    for name, entry in first.items():
+        for j, dep in enumerate(entry.workflow.depends_on):
+            if dep.workflow is None:
+                continue
+            if dep.workflow in first:
+                graph[name].append((dep.workflow, j))
+                continue
+            message = f'"{dep}" refers to unknown workflow "{dep.workflow}"'
+            suggestion = did_you_mean(dep.workflow, first) or f"Workflows: {', '.join(first)}."
+            problems.append(problem(entry, ("depends-on", j), f"{message}. {suggestion}"))
+    done: set[str] = set()
+
+    def visit(name: str, stack: list[str]) -> None:
+        stack.append(name)
+        for target, _ in graph[name]:
+            if target in stack:
+                cycle = [*stack[stack.index(target) :], target]
+                j = next(j for t, j in graph[cycle[0]] if t == cycle[1])
+                message = f"dependency cycle: {' -> '.join(cycle)}"
+                problems.append(problem(first[cycle[0]], ("depends-on", j), message))
+            elif target not in done:
+                visit(target, stack)
+        stack.pop()
+        done.add(name)
+
+    for name in graph:
+        if name not in done:
+            visit(name, [])
+    return problems
+
+
+def load_workflows(project_dir: Path) -> Workflows:
+    """Every workflow of the project at `project_dir`; empty when it has no workflow files.
+
+    Raises one `SpecError` (exit code 2) listing every problem, each with file and line.
+    """
+    project_dir = Path(project_dir)
+    files = workflow_files(project_dir)
+    entries: list[_Entry] = []
+    problems: list[Problem] = []
+    for path in files:
+        origin = _origin(path, project_dir)
+        data, marks = parse_yaml(read_text(path, origin, MAX_FILE_BYTES), origin)
+        found, file_problems = _check_file(data, path, origin, marks)
+        entries += found
+        problems += file_problems
+    if not problems:
+        try:
+            problems = _check_together(entries)
+        except RecursionError:
+            raise SpecError("the chain of `depends-on` between workflows is too long") from None
+    if problems:
+        raise spec_error(problems)
+    return _workflows(entries, files)
+
+
+def _workflows(entries: list[_Entry], files: Sequence[Path]) -> Workflows:
+    return Workflows({str(e.workflow.name): e.workflow for e in entries},
+                     {str(e.workflow.name): e.location for e in entries}, files,
+                     {str(e.workflow.name): e.locate for e in entries})
+
+
+def runnable_workflows(project_dir: Path) -> tuple[Workflows, frozenset[str] | None]:
+    """For a project whose files have problems: the workflows that are valid, defined once
+    and whose dependencies are (transitively) too, in files without a problem outside their
+    workflows (such as an unknown top-level key); and every name the files give a workflow
+    (None when a file cannot be read as workflows at all: it may define any name)."""
+    project_dir = Path(project_dir)
+    files = workflow_files(project_dir)
+    entries: list[_Entry] = []
+    names: list[str] = []
+    for path in files:
+        origin = _origin(path, project_dir)
+        try:
+            data, marks = parse_yaml(read_text(path, origin, MAX_FILE_BYTES), origin)
+            found, problems = _check_file(data, path, origin, marks)
+        except SpecError:
+            return Workflows(files=files), None
+        if any(len(p.path) < 2 or p.path[0] != "workflows" for p in problems):
+            found = []  # a problem of the file itself (a top-level key): none of it runs
+        items = data.get("workflows") if isinstance(data, dict) else None
+        names += [str(item["name"]) for item in items if isinstance(item, Mapping)
+                  and item.get("name") is not None] if isinstance(items, list) else []
+        entries += found
+    once = {name for name, count in Counter(names).items() if count == 1}
+    entries = [e for e in entries if str(e.workflow.name) in once]
+    try:  # each round drops the workflows a problem is about; their dependents go next
+        while problems := _check_together(entries):
+            bad = {(p.origin, p.path[1]) for p in problems}  # at ("workflows", index, ...)
+            kept = [e for e in entries if (e.location.origin, e.location.index) not in bad]
+            entries = kept if len(kept) < len(entries) else []  # never loop forever
+    except RecursionError:
+        return Workflows(files=files), frozenset(names)
+    return _workflows(entries, files), frozenset(names)

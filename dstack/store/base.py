@@ -1,0 +1,157 @@
+"""Artifact and metadata stores: the same keys on a local folder, S3 and GCS.
+
+Layout (DESIGN.md): `runs/<run>/run.json`, `runs/<run>/logs/…`, `runs/<run>/artifacts/<path>`,
+`tags/<tag>.json`, `code/<hash>.tar.gz`. Keys are `/`-separated relative paths. Writes are
+atomic: a reader sees the old object or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from dstack.errors import StoreError, UsageError
+
+JsonDoc = dict[str, Any]
+
+
+def check_key(key: str) -> str:
+    """Return `key` if it is a safe relative store key; raise otherwise."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\0" in key or any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"invalid store key {key!r}")
+    return key
+
+
+class Store(ABC):
+    """Objects under string keys, plus JSON helpers shared by every store."""
+
+    url: str
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write `data` at `key`, replacing any object there."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """The object at `key`; NotFoundError when there is none."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path) -> None:
+        """Upload the file at `path` to `key`."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: Path) -> None:
+        """Download `key` into the file `path` (written aside, then renamed)."""
+
+    @abstractmethod
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Write `data` at `key` only if nothing is there; False when something was."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object is at `key`."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Every key under `prefix` (a folder-like prefix ending in `/`), sorted."""
+
+    @abstractmethod
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        """Every key under `prefix` with a token that changes whenever its object does."""
+
+    @abstractmethod
+    def list_dirs(self, prefix: str) -> list[str]:
+        """The names one level below `prefix` (like `ls`), sorted."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Size in bytes of the object at `key`."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object at `key` if present."""
+
+    @abstractmethod
+    def update_json(self, key: str, mutate: Callable[[JsonDoc], JsonDoc | None]) -> JsonDoc:
+        """Read-modify-write the JSON document at `key` without losing concurrent updates.
+
+        `mutate` gets the current document ({} when absent) and returns the new one, or None
+        to leave it as it is. Returns the document as stored afterwards.
+        """
+
+    def list_times(self, prefix: str) -> dict[str, float]:
+        """Every key under `prefix` with the time (epoch seconds) its object was last written.
+
+        A store that cannot tell returns {}: nothing in it ever looks old.
+        """
+        return {}
+
+    def available(self) -> bool:
+        """Whether the store's bucket (or folder) exists, so reads mean something.
+
+        A cloud profile's bucket comes with its workspace stack, on the first run.
+        """
+        return True
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under `prefix`."""
+        for key in self.list(prefix):
+            self.delete(key)
+
+    def get_json(self, key: str) -> JsonDoc:
+        """The JSON document at `key`."""
+        return load_json_doc(self.get_bytes(key), f"{self.url}/{key}")
+
+    def put_json(self, key: str, doc: JsonDoc) -> None:
+        """Write a JSON document at `key`."""
+        self.put_bytes(key, dump_json_doc(doc))
+
+    def create_json(self, key: str, doc: JsonDoc) -> bool:
+        """Write a JSON document at `key` only if nothing is there."""
+        return self.create_bytes(key, dump_json_doc(doc))
+
+
+def load_json_doc(data: bytes, where: str) -> JsonDoc:
+    """`data` parsed as a JSON object; StoreError naming `where` otherwise."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise StoreError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise StoreError(f"{where} is not a JSON object")
+    return doc
+
+
+def dump_json_doc(doc: JsonDoc) -> bytes:
+    """A JSON document as the stores write it."""
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+
+STORES: dict[str, str] = {
+    "file": "dstack.store.local:LocalStore",
+    "s3": "dstack.store.s3:S3Store",
+    "gs": "dstack.store.gcs:GCSStore",
+}
+"""URL scheme → store class (`module:Class`), imported lazily."""
+
+
+def open_store(url: str) -> Store:
+    """The store at `url` (`file:///path`; cloud schemes come with their backends)."""
+    parsed = urlparse(url)
+    target = STORES.get(parsed.scheme)
+    if target is None:
+        raise UsageError(f"unsupported store URL {url!r}",
+                         f"Supported schemes: {', '.join(s + '://' for s in STORES)}.")
+    module_name, cls_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    if parsed.scheme == "file":
+        store: Store = cls(Path(unquote(parsed.path)))
+        return store
+    store = cls.from_url(url)
+    return store

@@ -1,0 +1,181 @@
+"""The local store: a folder on this machine (the local backend's; also what tests use)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from dstack.errors import NotFoundError, StoreError
+from dstack.store.base import JsonDoc, Store, check_key
+
+
+class LocalStore(Store):
+    """A store in a folder on this machine (the local backend's)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = f"file://{root}"
+        self._made: set[Path] = set()
+
+    def _folder(self, path: Path) -> None:
+        """Make `path`'s folder, once per store object (a sync writes many files there)."""
+        parent = path.parent
+        if parent not in self._made:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(parent)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    @contextmanager
+    def _writing(self, key: str) -> Iterator[Path]:
+        """A temp path beside `key`'s file; renamed over it when the block succeeds."""
+        path = self._path(key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            self._folder(path)
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as exc:
+            with suppress(OSError):  # e.g. ENOTDIR: there is no folder to leave it in
+                tmp.unlink(missing_ok=True)
+            raise _store_error(exc, key) from exc
+        except BaseException:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self._writing(key) as tmp:
+            tmp.write_bytes(data)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise NotFoundError(f"{key} is not in the store {self.url}") from exc
+        except OSError as exc:
+            raise _store_error(exc, key) from exc
+
+    def put_file(self, key: str, path: Path) -> None:
+        if not path.is_file():  # a missing source is the caller's business, not the store's
+            raise FileNotFoundError(path)
+        with self._writing(key) as tmp:
+            shutil.copyfile(path, tmp)
+
+    def get_file(self, key: str, path: Path) -> None:
+        src = self._path(key)
+        if not src.is_file():
+            raise NotFoundError(f"{key} is not in the store {self.url}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)  # atomic create-if-absent, and the file appears whole
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def _files(self, prefix: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """(key, entry) of every file under `prefix`, without the leftovers of writes; as in
+        `os.walk`, a linked folder is not entered. One `os.scandir` per folder."""
+        base = self.root / prefix if prefix else self.root
+        todo = [(str(base), base.relative_to(self.root).as_posix())]
+        while todo:
+            folder, rel = todo.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for e in entries:
+                key = e.name if rel == "." else f"{rel}/{e.name}"
+                if e.is_dir():
+                    if not e.is_symlink():
+                        todo.append((e.path, key))
+                elif not (e.name.startswith(".") and e.name.endswith((".tmp", ".lock"))):
+                    yield key, e
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(key for key, _ in self._files(prefix))
+
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for key, e in self._files(prefix):  # 10,000 tags: ~20 ms
+            with suppress(FileNotFoundError):
+                st = e.stat()  # a linked file's version is its target's
+                out[key] = f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
+        return dict(sorted(out.items()))
+
+    def list_times(self, prefix: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key, e in self._files(prefix):
+            with suppress(FileNotFoundError):
+                out[key] = e.stat().st_mtime
+        return dict(sorted(out.items()))
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        try:
+            return sorted(e.name for e in os.scandir(base) if not e.name.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"{key} is not in the store {self.url}") from exc
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._made.clear()
+        base = self.root / prefix.rstrip("/")
+        if base.is_dir():
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            base.unlink(missing_ok=True)
+
+    def update_json(self, key: str, mutate: Callable[[JsonDoc], JsonDoc | None]) -> JsonDoc:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self.get_json(key) if path.exists() else {}
+            new = mutate(dict(current))
+            if new is None:
+                return current
+            self.put_json(key, new)
+            return new
+
+
+def _store_error(exc: OSError, key: str) -> StoreError:
+    if exc.errno == errno.ENOSPC:
+        return StoreError(f"no space left on the device of the store while writing {key}",
+                          "Free disk space; artifacts written so far are kept.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"the store is not writable ({exc.strerror}) while writing {key}",
+                          "Check the permissions of the store folder.")
+    return StoreError(f"store write of {key} failed: {exc}")
