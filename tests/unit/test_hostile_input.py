@@ -552,7 +552,7 @@ def test_download_through_the_cli_refuses_a_key_leading_out(
     store = EvilStore(cli.home / "store")
     _done_run(store, "brave-otter-1")
     EvilStore.evil = {"runs/brave-otter-1/artifacts/../../evil": b"pwned"}
-    monkeypatch.setattr("dstack.run.lifecycle.open_store", lambda _url: store)
+    monkeypatch.setattr("dstack.run.context.open_store", lambda _url: store)
     code, _out, err = cli("artifacts", "download", "brave-otter-1", "-o", str(sandbox / "out"))
     assert code == 1, err
     assert "leads outside" in err and "Traceback" not in err
