@@ -25,6 +25,7 @@ engine: $(STAMP)
 test: setup
 	bash scripts/system-deps.sh
 	$(BIN)/ruff check .
+	bash scripts/typecheck.sh
 	$(BIN)/pytest
 
 demo: setup
@@ -32,9 +33,10 @@ demo: setup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	bash scripts/typecheck.sh
 
 bench: setup
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .typecheck

@@ -14,9 +14,10 @@ from dstack.cli import output
 from dstack.cli.artifacts_cmds import artifacts_app
 from dstack.cli.config_cmds import config_app
 from dstack.cli.mistakes import check_argv
-from dstack.cli.runs_cmds import ProjectOpt, project_folder, register_run_commands
+from dstack.cli.runs_cmds import runs_app
 from dstack.cli.secrets_cmds import secrets_app
 from dstack.cli.tags_cmds import tags_app
+from dstack.cli.workflow_cmds import workflow_app
 from dstack.errors import DstackError
 
 app = typer.Typer(
@@ -29,11 +30,12 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.add_typer(runs_app)  # without a name: run, ps, logs, ... are dstack's own commands
+app.add_typer(workflow_app)  # schema, validate
 app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(tags_app, name="tags")
 app.add_typer(config_app, name="config")
 app.add_typer(secrets_app, name="secrets")
-register_run_commands(app)
 
 
 def _print_version(wanted: bool) -> None:
@@ -60,29 +62,6 @@ def _root(
     output.state.debug = debug
 
 
-@app.command()
-def schema() -> None:
-    """Print the JSON Schema of .dstack/workflows.yaml."""
-    from dstack.spec.models import workflow_file_schema
-
-    output.print_json(workflow_file_schema())
-
-
-@app.command()
-def validate(project: ProjectOpt = None) -> None:
-    """Check the project's workflow files, and the files their workflows name, and list
-    their workflows."""
-    from dstack.spec.files import check_workflow_files
-    from dstack.spec.loader import load_workflows
-
-    folder = project_folder(project)
-    workflows = load_workflows(folder)
-    check_workflow_files(folder, workflows)
-    for name in workflows:
-        output.say(f"{name}: {workflows[name].provider} ({workflows.location(name)})")
-    output.say(f"{len(list(workflows))} workflow(s), all valid")
-
-
 def main() -> None:
     """Console entry point: run the app, turning dstack errors into messages and exit codes."""
     os.umask(0o077)  # what dstack writes (store, state, config) is the user's alone
@@ -96,10 +75,12 @@ def main() -> None:
     try:
         command = typer.main.get_command(app)
         check_argv(command, argv)
-        provider_help = None
+        run_help = False
         if "run" in argv and ("--help" in argv or "-h" in argv):  # imported only then
             from dstack.cli import provider_help  # `dstack run NAME --help`: its fields
-        if provider_help is not None and provider_help.wants_run_help(argv):
+
+            run_help = provider_help.wants_run_help(argv)
+        if run_help:
             rv = provider_help.print_run_help(app, argv)
         else:
             # The name in usage lines is `dstack` however it was started (click would

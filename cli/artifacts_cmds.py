@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dstack.cli import output
-from dstack.cli.runs_cmds import JsonOpt, Profile, open_context
+from dstack.cli.options import JsonOpt, Profile, open_context
 
 artifacts_app = typer.Typer(help="List and download the artifacts of runs.", no_args_is_help=True)
 Source = Annotated[str, typer.Argument(metavar="RUN|:TAG", help="A run name, or :TAG.")]

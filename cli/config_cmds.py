@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from dstack.cli import output
+from dstack.cli.options import JsonOpt, Yes, confirm
 from dstack.home import dstack_home, private_dir
 
 config_app = typer.Typer(help="Profiles: where runs go (local, aws, gcp).", no_args_is_help=True)
@@ -78,7 +79,7 @@ def add_local(name: Name, default: Default = False) -> None:
 
 
 @config_app.command("list")
-def list_cmd(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def list_cmd(json_out: JsonOpt = False) -> None:
     """List profiles."""
     from dstack.config.profiles import load_profiles
 
@@ -91,8 +92,8 @@ def list_cmd(json_out: Annotated[bool, typer.Option("--json", help="Print JSON."
         output.print_json(rows)
         return
     output.table(["PROFILE", "BACKEND", "DEFAULT", "REGION", "STORE", "STATE"],
-                 [[r["name"], r["backend"], "*" if r["default"] else "", r["region"],
-                   r["store"], r["state"]] for r in rows])  # type: ignore[misc]
+                 [[str(r["name"]), str(r["backend"]), "*" if r["default"] else "",
+                   str(r["region"]), str(r["store"]), str(r["state"])] for r in rows])
 
 
 @config_app.command("show")
@@ -123,12 +124,11 @@ def set_cmd(
 
 
 @config_app.command("remove")
-def remove(name: Name,
-           yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask.")] = False) -> None:
+def remove(name: Name, yes: Yes = False) -> None:
     """Remove a profile (its bucket and runs stay)."""
     from dstack.config.profiles import remove_profile
 
-    output.confirm(f"Remove profile {name}?", yes)
+    confirm(f"Remove profile {name}?", yes)
     remove_profile(dstack_home(), name)
     output.say(f"removed profile {name}")
 

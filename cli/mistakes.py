@@ -29,7 +29,8 @@ _NUMBER = re.compile(r"^(\d+(\.\d*)?|\.\d+)$")
 def _command_at(group: Any, argv: Sequence[str]) -> tuple[Any, list[str], str] | None:
     """The click command `argv` names, the words after its name and its name (`tags delete`);
     None when `argv` names none (click says so)."""
-    command, names, i = group, [], 0
+    command, i = group, 0
+    names: list[str] = []
     while hasattr(command, "commands"):
         while i < len(argv) and argv[i].startswith("-"):
             i += 1  # the groups' own options are flags: --debug, --help

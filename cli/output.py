@@ -55,23 +55,6 @@ def error(message: str, hint: str | None) -> None:
     sys.stderr.flush()
 
 
-def confirm(question: str, yes: bool) -> None:
-    """Go on when `yes` (-y) or the user answers yes; exit 1 on no. Without a terminal to ask
-    (stdin is not a TTY) the answer would be end-of-file: a UsageError asks for -y instead."""
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        from dstack.errors import UsageError
-
-        raise UsageError(f'"{question}" needs an answer, and there is no terminal to ask '
-                         "(stdin is not a TTY)",
-                         "Add -y (--yes) to the command to go ahead without being asked.")
-    import typer
-
-    if not typer.confirm(question, default=False):
-        raise typer.Exit(1)
-
-
 _mid_line: dict[tuple[int, int], bool] = {}
 """Per file written to: whether the job's output there stopped in the middle of a line."""
 

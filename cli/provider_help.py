@@ -1,13 +1,11 @@
 """`dstack run NAME --help`: a provider's (or a workflow's) fields, its command-line form and
 the `dstack run` options. Formatting only: the fields come from the provider's pydantic
-model, the options from the `run` command itself.
+model, its form and summary from its `usage`, the options from the `run` command itself.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +20,10 @@ from dstack.names import did_you_mean
 from dstack.run.project import find_project_dir
 from dstack.spec.loader import Workflows, load_workflows
 from dstack.spec.models import Workflow
+from dstack.spec.provider import Provider
 from dstack.spec.registry import PROVIDERS, provider_params
 
 HELP = ("-h", "--help")
-_FORM = re.compile(r"`(dstack run [^`]*)`")
 _TYPES = {"string": "text", "integer": "integer", "number": "number", "boolean": "true/false",
           "null": "null"}
 
@@ -82,21 +80,9 @@ def _target(command: Any, words: list[str]) -> tuple[str | None, Path]:
     return name, project
 
 
-def cli_form(name: str, model: type[BaseModel]) -> str:
-    """`dstack run NAME ...` as the provider's `from_cli` documents or explains it."""
-    parse = getattr(model, "from_cli", None)
-    if parse is None:
-        return f"dstack run {name} [ARGS]..."
-    found = _FORM.match(inspect.getdoc(parse) or "")
-    if found:
-        return found.group(1)
-    try:
-        parse([])  # a form that needs an argument says how to write it
-    except UsageError as exc:
-        found = _FORM.search(exc.hint or "")
-        if found:
-            return found.group(1)
-    return f"dstack run {name} [ARGS]..."
+def cli_form(name: str, provider: type[Provider]) -> str:
+    """`dstack run NAME ...`, the command line the provider's `usage` declares."""
+    return provider.usage.line(name)
 
 
 def type_text(schema: dict[str, Any], defs: dict[str, Any]) -> str:
@@ -109,7 +95,7 @@ def type_text(schema: dict[str, Any], defs: dict[str, Any]) -> str:
         return " or ".join(dict.fromkeys(kinds))
     kind = schema.get("type")
     if isinstance(kind, list):
-        return " or ".join(_TYPES.get(k, k) for k in kind if k != "null")
+        return " or ".join(_TYPES.get(str(k), str(k)) for k in kind if k != "null")
     if kind == "array":
         return "list of " + type_text(schema.get("items", {}), defs)
     if kind == "object":
@@ -137,7 +123,8 @@ def field_rows(model: type[BaseModel]) -> list[list[str]]:
 def _print_provider(name: str) -> None:
     model = provider_params(name)
     print(f"Usage: {cli_form(name, model)}  [dstack run OPTIONS]\n")
-    print(f"The {name} provider. Its fields (in .dstack/workflows.yaml, with `provider: {name}`):")
+    print(f"The {name} provider {model.usage.summary}.")
+    print(f"Its fields (in .dstack/workflows.yaml, with `provider: {name}`):")
     output.table(["FIELD", "TYPE", "REQUIRED/DEFAULT", "DESCRIPTION"], field_rows(model))
     print("\nEvery workflow also has: " + ", ".join(
         info.alias or key for key, info in Workflow.model_fields.items()) + ".")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dstack.cli import output
-from dstack.cli.runs_cmds import Profile, Yes, open_context
+from dstack.cli.options import Profile, Yes, confirm, open_context
 
 secrets_app = typer.Typer(help="Secrets: environment variables for jobs, kept out of logs, "
                                "scripts and state.", no_args_is_help=True)
@@ -52,6 +52,6 @@ def delete(name: Annotated[str, typer.Argument(help="Variable name.")], yes: Yes
     from dstack.store.secrets import delete_secret
 
     ctx = open_context(profile)
-    output.confirm(f"Delete secret {name}?", yes)
+    confirm(f"Delete secret {name}?", yes)
     delete_secret(ctx.store, name)
     output.say(f"deleted secret {name}")

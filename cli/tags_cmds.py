@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dstack.cli import output
-from dstack.cli.runs_cmds import JsonOpt, Profile, Yes, open_context
+from dstack.cli.options import JsonOpt, Profile, Yes, confirm, open_context
 
 tags_app = typer.Typer(help="Name runs so that workflows and people reuse their artifacts.",
                        no_args_is_help=True)
@@ -69,6 +69,6 @@ def delete_cmd(
 
     ctx = open_context(profile)
     load_tag(ctx.store, tag)
-    output.confirm(f"Delete tag {tag}?", yes)
+    confirm(f"Delete tag {tag}?", yes)
     delete_tag(ctx.store, tag)
     output.say(f"deleted tag {tag}")

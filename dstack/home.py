@@ -9,6 +9,8 @@ import os
 import secrets
 from pathlib import Path
 
+from dstack.files import create_whole, write_whole
+
 
 def dstack_home() -> Path:
     """The dstack home folder (not created)."""
@@ -27,17 +29,7 @@ def private_dir(path: Path) -> Path:
 def write_private(path: Path, data: bytes) -> None:
     """Atomically write `data` to `path` as a 0600 file (temp file, fsync, rename)."""
     private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_whole(path, data, mode=0o600, sync=True)
 
 
 def secret_file(path: Path, nbytes: int = 32) -> str:
@@ -49,16 +41,5 @@ def secret_file(path: Path, nbytes: int = 32) -> str:
     if path.exists():
         return path.read_text().strip()
     private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(nbytes) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
+    create_whole(path, (secrets.token_urlsafe(nbytes) + "\n").encode(), mode=0o600, sync=True)
     return path.read_text().strip()

@@ -1,4 +1,5 @@
-"""Names: run names (`adjective-animal-N`) and "did you mean" suggestions."""
+"""Names: run names (`adjective-animal-N`), "did you mean" suggestions, and slugs (names
+made safe for a cloud)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,16 @@ def run_name_candidates(rng: random.Random | None = None) -> Iterable[str]:
     while True:
         yield f"{prefix}-{n}"
         n += 1
+
+
+def slug(text: str, limit: int = 63, *, squeeze: bool = True) -> str:
+    """`text` as a cloud-safe name part: lowercase letters, digits and `-`, at most `limit`,
+    neither starting nor ending with `-`. `squeeze` turns runs of `-` into one; without it a
+    name stays distinct from one that differs only there (a bucket's: `a--b` and `a-b`)."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    if squeeze:
+        cleaned = re.sub(r"-{2,}", "-", cleaned)
+    return cleaned[:limit].strip("-") or "x"
 
 
 def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:

@@ -12,24 +12,28 @@ import signal
 from pathlib import Path
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """The start time of process `pid` in clock ticks since boot (Linux), None if gone."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of `/proc/<pid>/stat` after the command name, from the state (`R`, `S`,
+    `Z`...) on: field N of proc(5) is item N - 3. None when there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[19])
+    return stat.rsplit(")", 1)[1].split()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The start time of process `pid` in clock ticks since boot (Linux), None if gone."""
+    fields = proc_stat(pid)
+    return None if fields is None else int(fields[19])
 
 
 def process_alive(pid: int, start_ticks: int | None) -> bool:
     """Whether the process `pid` that started at `start_ticks` still runs (not a zombie)."""
     if Path("/proc").is_dir():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+        fields = proc_stat(pid)
+        if fields is None:
             return False
-        fields = stat.rsplit(")", 1)[1].split()
         return fields[0] != "Z" and (start_ticks is None or int(fields[19]) == start_ticks)
     try:
         os.kill(pid, 0)
@@ -44,9 +48,9 @@ def session_members(sid: int) -> list[int]:
     """Pids of every process in session `sid` (Linux; empty elsewhere)."""
     pids = []
     for entry in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid:
+        with contextlib.suppress(ValueError, IndexError):
+            fields = proc_stat(int(entry.name))
+            if fields is not None and int(fields[3]) == sid:
                 pids.append(int(entry.name))
     return pids
 

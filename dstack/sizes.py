@@ -36,6 +36,7 @@ _UNITS: dict[str, int] = {
     "g": 1024**3,
     "t": 1024**4,
 }
+_DECIMAL = {"kB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
 EXAMPLES = "512MB, 16GB, 1.5TiB, 8G"
 UNIT_WORDS = frozenset(_UNITS)
@@ -94,13 +95,21 @@ def format_size(size: int) -> str:
     return f"{size}B"
 
 
-def format_decimal(size: int) -> str:
-    """`size` bytes in decimal units, as `max_code_size: 500MB` reads them: `116.1 kB`."""
+def format_written(size: int) -> str:
+    """`16GB` for whole decimal gigabytes (as users write them), else `format_size`."""
+    return f"{size // 1000**3}GB" if size % 1000**3 == 0 else format_size(size)
+
+
+def format_decimal(size: int, unit: str | None = None) -> str:
+    """`size` bytes in decimal units, as `max_code_size: 500MB` reads them: `116.1 kB`; in
+    `unit` (`kB`, `MB`, `GB` or `TB`) when given, with thousands separated: `1,500.0 GB`."""
+    if unit is not None:
+        return f"{size / _DECIMAL[unit]:,.1f} {unit}"
     if size < 1000:
         return f"{size} B"
     value = float(size)
-    for unit in ("kB", "MB", "GB"):
+    for name in ("kB", "MB", "GB"):
         value /= 1000
         if value < 999.95:
-            return f"{value:.1f} {unit}"
+            return f"{value:.1f} {name}"
     return f"{value / 1000:.1f} TB"

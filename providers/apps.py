@@ -2,15 +2,18 @@
 
 Each is a data entry (`App`) plus its command line over the shared renderer in
 `dstack.providers.rendering`: the runner gives the app a free port, waits until it answers,
-then records its URL.
+then records its URL. The Jupyter servers (lab, notebook) differ only in their data: they are
+rows of `JUPYTER`, each made a provider by `jupyter_provider`.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
+from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, create_model, field_validator
 
 from dstack.providers.rendering import (
     HOST,
@@ -24,16 +27,14 @@ from dstack.providers.rendering import (
     first_positional,
     shell_line,
 )
-from dstack.run.job import AppPort, JobParts
+from dstack.spec.fields import Args, Scalar, Version
 from dstack.spec.files import NamedFile
-from dstack.spec.models import Args, Scalar, SpecModel, Version
+from dstack.spec.models import Workflow
+from dstack.spec.provider import AppPort, JobParts, Provider, Usage
 
 STREAMLIT = App("streamlit", "streamlit", ready_path="/_stcore/health")
 GRADIO = App("gradio", "gradio")
 FASTAPI = App("fastapi", "uvicorn")
-LAB = App("lab", "jupyterlab", ready_path="/api", url_path="/lab?token={token}", token=True)
-NOTEBOOK = App("notebook", "notebook", ready_path="/api", url_path="/tree?token={token}",
-               token=True)
 _JUPYTER = ["--no-browser", "--ip", HOST, "--port", PORT, "--allow-root",
             Raw('--IdentityProvider.token="$DSTACK_TOKEN"'), "--ServerApp.root_dir=."]
 
@@ -42,19 +43,23 @@ _OPTION = re.compile(r"[a-z][a-z0-9_-]*")
 _RESERVED = {"host", "port", "app", "uds", "fd"}  # dstack decides where the app listens
 
 
-class StreamlitParams(SpecModel):
+class StreamlitParams(Provider):
     """Fields of a `provider: streamlit` workflow."""
 
+    usage = Usage("serves a Streamlit script", "app.py [ARGS]...")
     target: str = Field(min_length=1, description="The Streamlit script, e.g. `app.py`.")
     args: Args = Field(default_factory=list, description="Arguments for the script.")
 
-    from_cli = staticmethod(first_positional("streamlit", "target", "app.py [ARGS]..."))
+    @classmethod
+    def from_cli(cls, positional: list[str]) -> tuple[dict[str, object], list[str]]:
+        """The script is the first argument; the rest go to it."""
+        return first_positional("streamlit", cls.usage, "target", positional)
 
     def named_files(self) -> list[NamedFile]:
         """The script, unless it is a URL (Streamlit runs a script it downloads)."""
         return [] if "://" in self.target else [NamedFile("target", self.target)]
 
-    def job_parts(self) -> JobParts:
+    def job_parts(self, common: Workflow) -> JobParts:
         """`streamlit run TARGET` on the run's port, headless, its args after `--`."""
         return app_job(STREAMLIT, [
             "python", "-m", "streamlit", "run", self.target, "--server.port", PORT,
@@ -62,30 +67,34 @@ class StreamlitParams(SpecModel):
             "--browser.gatherUsageStats", "false", "--", *self.args, PASSED])
 
 
-class GradioParams(SpecModel):
+class GradioParams(Provider):
     """Fields of a `provider: gradio` workflow."""
 
+    usage = Usage("serves the Gradio app a Python file launches", "app.py [ARGS]...")
     file: str = Field(min_length=1, description="The Python file that launches the Gradio app.")
     args: Args = Field(default_factory=list, description="Arguments for the file.")
 
-    from_cli = staticmethod(first_positional("gradio", "file", "app.py [ARGS]..."))
+    @classmethod
+    def from_cli(cls, positional: list[str]) -> tuple[dict[str, object], list[str]]:
+        """The file is the first argument; the rest go to it."""
+        return first_positional("gradio", cls.usage, "file", positional)
 
     def named_files(self) -> list[NamedFile]:
         """The file that launches the app."""
         return [NamedFile("file", self.file)]
 
-    def job_parts(self) -> JobParts:
+    def job_parts(self, common: Workflow) -> JobParts:
         """The file, with Gradio told the port and address through its environment."""
         return app_job(GRADIO, ["python", self.file, *self.args, PASSED], exports=[
             'export GRADIO_SERVER_PORT="$PORT_0" GRADIO_SERVER_NAME="$DSTACK_HOST"',
             "export GRADIO_ANALYTICS_ENABLED=False"])
 
 
-class FastapiParams(SpecModel):
+class FastapiParams(Provider):
     """Fields of a `provider: fastapi` workflow."""
 
+    usage = Usage("serves an ASGI app (e.g. FastAPI) with uvicorn", "main:app")
     app: str = Field(description="The ASGI app as `module:attribute`, e.g. `main:app`.")
-    from_cli = staticmethod(first_positional("fastapi", "app", "main:app"))
     uvicorn: dict[str, Scalar] = Field(
         default_factory=dict, description='Uvicorn options, e.g. {workers: 2, "log-level": info}.'
     )
@@ -107,7 +116,12 @@ class FastapiParams(SpecModel):
                 raise ValueError(f'"{key}" is set by dstack; leave it out')
         return options
 
-    def job_parts(self) -> JobParts:
+    @classmethod
+    def from_cli(cls, positional: list[str]) -> tuple[dict[str, object], list[str]]:
+        """The app is the first argument; the rest go to uvicorn."""
+        return first_positional("fastapi", cls.usage, "app", positional)
+
+    def job_parts(self, common: Workflow) -> JobParts:
         """uvicorn serving APP on the run's port, with the workflow's uvicorn options."""
         options: list[Word] = []
         for key, value in self.uvicorn.items():
@@ -122,17 +136,53 @@ class FastapiParams(SpecModel):
         return job
 
 
-class LabParams(SpecModel):
-    """Fields of a `provider: lab` workflow (JupyterLab)."""
+@dataclass(frozen=True)
+class Jupyter:
+    """A Jupyter server provider, one row of `JUPYTER`: `python -m PACKAGE` of its app."""
 
-    version: Version | None = Field(None, description='JupyterLab version, e.g. "4.2.5".')
+    app: App
+    title: str
+    """What the provider runs, e.g. "JupyterLab"."""
+    version_help: str
+    """The description of its `version` field."""
 
-    from_cli = staticmethod(first_positional("lab", None, ""))
 
-    def job_parts(self) -> JobParts:
-        """JupyterLab on the run's port, behind a generated token."""
-        return app_job(LAB, ["python", "-m", "jupyterlab", *_JUPYTER, PASSED],
+JUPYTER = {row.app.name: row for row in [
+    Jupyter(App("lab", "jupyterlab", ready_path="/api", url_path="/lab?token={token}",
+                token=True), "JupyterLab", 'JupyterLab version, e.g. "4.2.5".'),
+    Jupyter(App("notebook", "notebook", ready_path="/api", url_path="/tree?token={token}",
+                token=True), "Jupyter Notebook", 'Notebook version, e.g. "7.2.2".'),
+]}
+
+
+class JupyterParams(Provider):
+    """Fields of a Jupyter server's workflow; `jupyter_provider` subclasses it for each row of
+    `JUPYTER`."""
+
+    jupyter: ClassVar[Jupyter]
+    version: Version | None = None
+
+    def job_parts(self, common: Workflow) -> JobParts:
+        """The server on the run's port, behind a generated token."""
+        app = self.jupyter.app
+        return app_job(app, ["python", "-m", app.package, *_JUPYTER, PASSED],
                        version=self.version)
+
+
+def jupyter_provider(row: Jupyter) -> type[JupyterParams]:
+    """The provider of a row of `JUPYTER`: its `version` field described for its server."""
+    name = row.app.name
+    model = create_model(
+        f"{name.capitalize()}Params", __base__=JupyterParams, __module__=__name__,
+        __doc__=f"Fields of a `provider: {name}` workflow ({row.title}).",
+        version=(Version | None, Field(None, description=row.version_help)))
+    model.jupyter = row
+    model.usage = Usage(f"serves {row.title}, behind a generated token")
+    return model
+
+
+LabParams = jupyter_provider(JUPYTER["lab"])
+NotebookParams = jupyter_provider(JUPYTER["notebook"])
 
 
 # The code provider: openvscode-server (VS Code in the browser) from PATH or from the cache,
@@ -159,16 +209,17 @@ _CODE_SERVER = ["code-server", "--bind-addr", Raw('"$DSTACK_HOST:$PORT_0"'), "--
                 "password", "--disable-telemetry", "--disable-update-check", "."]
 
 
-class CodeParams(SpecModel):
+class CodeParams(Provider):
     """Fields of a `provider: code` workflow (VS Code in the browser)."""
+
+    usage = Usage("serves VS Code in the browser (openvscode-server or code-server), behind "
+                  "a generated token")
 
     version: Version | None = Field(
         None, description=f'openvscode-server version, e.g. "{OPENVSCODE_VERSION}" (the default).'
     )
 
-    from_cli = staticmethod(first_positional("code", None, ""))
-
-    def job_parts(self) -> JobParts:
+    def job_parts(self, common: Workflow) -> JobParts:
         """The server on the run's port behind the run's token; no Python package."""
         return JobParts(setup=self.install_lines(), shell=self.start_lines(), ports=1,
                         apps=[CODE_APP], token=True)
@@ -235,15 +286,3 @@ class CodeParams(SpecModel):
             shell_line("exec", *_OPENVSCODE, PASSED),
         ]
 
-
-class NotebookParams(SpecModel):
-    """Fields of a `provider: notebook` workflow (Jupyter Notebook)."""
-
-    version: Version | None = Field(None, description='Notebook version, e.g. "7.2.2".')
-
-    from_cli = staticmethod(first_positional("notebook", None, ""))
-
-    def job_parts(self) -> JobParts:
-        """The Jupyter Notebook app on the run's port, behind a generated token."""
-        return app_job(NOTEBOOK, ["python", "-m", "notebook", *_JUPYTER, PASSED],
-                       version=self.version)

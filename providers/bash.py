@@ -5,12 +5,15 @@ from __future__ import annotations
 from pydantic import Field
 
 from dstack.errors import UsageError
-from dstack.run.job import AppPort, JobParts
-from dstack.spec.models import Count, SpecModel
+from dstack.spec.fields import Count
+from dstack.spec.models import Workflow
+from dstack.spec.provider import AppPort, JobParts, Provider, Usage
 
 
-class Params(SpecModel):
+class Params(Provider):
     """Fields of a `provider: bash` workflow."""
+
+    usage = Usage("runs shell commands, one argument a line", "COMMAND...")
 
     commands: list[str] = Field(min_length=1, description="Shell commands, run in order.")
     ports: Count = Field(0, ge=0, le=64, description="How many ports the commands listen on.")
@@ -23,7 +26,7 @@ class Params(SpecModel):
                              "Write it as `dstack run bash 'echo hi'` (one argument a line).")
         return {"commands": positional}, []
 
-    def job_parts(self) -> JobParts:
+    def job_parts(self, common: Workflow) -> JobParts:
         """The user's commands, in order, with PORT_0... when it serves ports."""
         apps = [AppPort(name=f"port {i}", index=i) for i in range(self.ports)]
         return JobParts(shell=list(self.commands), ports=self.ports, apps=apps)

@@ -14,8 +14,9 @@ from pydantic import Field, model_validator
 
 from dstack.errors import UsageError
 from dstack.providers.rendering import PASSED, Raw, Word, shell_line
-from dstack.run.job import AppPort, JobParts
-from dstack.spec.models import Args, Count, SpecModel
+from dstack.spec.fields import Args, Count
+from dstack.spec.models import SpecModel, Workflow
+from dstack.spec.provider import AppPort, JobParts, Provider, Usage
 
 WORKDIR = "/workdir"
 PASSWORD_VAR = "DSTACK_REGISTRY_PASSWORD"  # listed in Job.secret_env; read by printf only
@@ -46,8 +47,11 @@ class RegistryAuth(SpecModel):
         return self
 
 
-class Params(SpecModel):
+class Params(Provider):
     """Fields of a `provider: docker` workflow."""
+
+    usage = Usage("runs a container image (with the command after `--`)",
+                  "IMAGE [-- COMMAND...]")
 
     image: str = Field(min_length=1, description="Container image, e.g. `ubuntu:22.04`.")
     commands: list[str] = Field(
@@ -68,11 +72,11 @@ class Params(SpecModel):
         """`dstack run docker IMAGE [-- COMMAND...]`: the image; what follows is the command."""
         if not positional or positional[0].startswith("-"):
             raise UsageError("`dstack run docker` needs the image to run",
-                             "Write it as `dstack run docker IMAGE [-- COMMAND...]`, e.g. "
+                             f"Write it as `{cls.usage.line('docker')}`, e.g. "
                              "`dstack run docker ubuntu -- echo hi`.")
         return {"image": positional[0]}, positional[1:]
 
-    def job_parts(self) -> JobParts:
+    def job_parts(self, common: Workflow) -> JobParts:
         """`docker run` of the image (after a registry login when `registry_auth` is set)."""
         setup: list[str] = []
         secret: dict[str, str] = {}
@@ -84,22 +88,22 @@ class Params(SpecModel):
             secret = {PASSWORD_VAR: auth.password} if auth.password is not None else {}
             needs = [auth.password_secret] if auth.password_secret else []
         apps = [AppPort(name=f"port {i}", index=i) for i in range(self.ports)]
-        return JobParts(setup=setup, shell=[shell_line("exec", *self.docker_run())],
+        return JobParts(setup=setup, shell=[shell_line("exec", *self.docker_run(common))],
                         ports=self.ports, apps=apps, needs_docker=True, secret_env=secret,
                         needs_secrets=needs)
 
-    def docker_run(self) -> list[Word]:
+    def docker_run(self, common: Workflow) -> list[Word]:
         """The words of the `docker run` command line."""
         words: list[Word] = ["docker", "run", "--rm", "--init", "--name", NAME,
                              "-v", MOUNT, "-w", WORKDIR]
-        for name in self._env_names():
+        for name in self._env_names(common):
             words += ["-e", name]
         for i in range(self.ports):
             words += ["-p", Raw(f'"$DSTACK_HOST:$PORT_{i}:$PORT_{i}"')]
-        resources = getattr(self, "resources", None)  # a workflow's common field
-        if resources is not None and resources.shm_size:
+        resources = common.resources
+        if resources.shm_size:
             words += ["--shm-size", f"{resources.shm_size}b"]
-        if resources is not None and resources.gpu is not None and resources.gpu.count:
+        if resources.gpu is not None and resources.gpu.count:
             words += ["--gpus", str(resources.gpu.count)]
         entry_args: list[str] = []
         if self.entrypoint is not None:
@@ -114,10 +118,10 @@ class Params(SpecModel):
             words += [script, "sh"] if runs_shell else ["sh", "-c", script, "sh"]
         return [*words, PASSED]
 
-    def _env_names(self) -> list[str]:
+    def _env_names(self, common: Workflow) -> list[str]:
         """Names of the variables the container gets: the workflow's, the run's, the ports'."""
-        names = dict.fromkeys(getattr(self, "environment", None) or {})
-        for item in getattr(self, "env", None) or []:
+        names = dict.fromkeys(common.environment)
+        for item in common.env:
             names[item.partition("=")[0]] = None
         ports = [f"PORT_{i}" for i in range(self.ports)] + (["PORT"] if self.ports else [])
         return [*names, *RUN_VARS, *ports]

@@ -8,14 +8,16 @@ from typing import Annotated
 from pydantic import Field, field_validator
 
 from dstack.errors import UsageError
-from dstack.run.job import JobParts
-from dstack.spec.fields import relative_path
+from dstack.spec.fields import Args, Version, relative_path
 from dstack.spec.files import NamedFile
-from dstack.spec.models import Args, SpecModel, Version
+from dstack.spec.models import Workflow
+from dstack.spec.provider import JobParts, Provider, Usage
 
 
-class Params(SpecModel):
+class Params(Provider):
     """Fields of a `provider: python` workflow."""
+
+    usage = Usage("runs a Python file with arguments", "FILE [ARGS]...")
 
     file: str = Field(min_length=1, description="The Python file to run, e.g. `train.py`.")
     args: Args = Field(
@@ -50,6 +52,6 @@ class Params(SpecModel):
             files.append(NamedFile("requirements", self.requirements, before_setup=True))
         return files
 
-    def job_parts(self) -> JobParts:
+    def job_parts(self, common: Workflow) -> JobParts:
         """Run the file with the job's Python, its args first, then the passed-through ones."""
         return JobParts(argv=["python", self.file, *self.args], requirements=self.requirements)

@@ -1,4 +1,4 @@
-"""Shared rendering for providers: shell lines from words, app jobs, command-line forms.
+"""Shared rendering for providers: shell lines from words, app jobs, a command-line form.
 
 A word is quoted with `shlex.quote` unless it is a `Raw` reference dstack itself writes
 (`"$PORT_0"`, `"$@"`), so user input never becomes shell code.
@@ -7,11 +7,10 @@ A word is quoted with `shlex.quote` unless it is a `Raw` reference dstack itself
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from dstack.errors import UsageError
-from dstack.run.job import AppPort, JobParts
+from dstack.spec.provider import AppPort, JobParts, Usage
 
 
 class Raw(str):
@@ -55,18 +54,11 @@ def app_job(app: App, command: list[Word], *, version: str | None = None,
     )
 
 
-CliForm = Callable[[list[str]], tuple[dict[str, object], list[str]]]
-
-
-def first_positional(provider: str, field: str | None, example: str) -> CliForm:
-    """The command-line form `dstack run PROVIDER [FIELD] [ARGS]...`."""
-
-    def parse(positional: list[str]) -> tuple[dict[str, object], list[str]]:
-        if field is None:
-            return {}, positional
-        if not positional or positional[0].startswith("-"):
-            raise UsageError(f"`dstack run {provider}` needs its {field}",
-                             f"Write it as `dstack run {provider} {example}`.")
-        return {field: positional[0]}, positional[1:]
-
-    return parse
+def first_positional(provider: str, usage: Usage, field: str,
+                     positional: list[str]) -> tuple[dict[str, object], list[str]]:
+    """The command-line form `dstack run PROVIDER FIELD [ARGS]...`: `field` is the first
+    argument, the rest go to the job; without it, `UsageError` showing the `usage` line."""
+    if not positional or positional[0].startswith("-"):
+        raise UsageError(f"`dstack run {provider}` needs its {field}",
+                         f"Write it as `{usage.line(provider)}`.")
+    return {field: positional[0]}, positional[1:]

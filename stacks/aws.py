@@ -12,11 +12,10 @@ See `docs/clouds.md`.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlencode
 
 from dstack.catalogue.offers import Offer, describe_offer, format_price
+from dstack.config.backends import BackendClass
 from dstack.run.job import Job
 from dstack.run.record import RunRecord
 from dstack.stacks.aws_programs import (
@@ -27,27 +26,25 @@ from dstack.stacks.aws_programs import (
     run_program,
     workspace_program,
 )
-from dstack.stacks.cloud import (
-    REMOTE_ROOT,
-    CloudBackend,
+from dstack.stacks.caller import planned_caller
+from dstack.stacks.cloud import CloudBackend, Outputs, Program
+from dstack.stacks.cloud_bootstrap import REMOTE_ROOT, cloud_bootstrap
+from dstack.stacks.instance_spec import (
     app_ports,
-    cloud_bootstrap,
     disk_gib,
     format_duration,
     job_resources,
     max_duration_s,
-    planned_caller,
 )
 
 DOWNLOAD_PY = ("import sys, boto3; "
                "boto3.client('s3', region_name=sys.argv[1]).download_file(*sys.argv[2:5])")
 
 
-class AwsBackend(CloudBackend):
+class AwsBackend(CloudBackend[AwsWorkspace, AwsRun]):
     """Each run an EC2 instance in its own ephemeral stack; the store is the workspace bucket."""
 
     name = "aws"
-    cloud = "aws"
 
     # -- settings and workspace --------------------------------------------------------------
 
@@ -61,7 +58,7 @@ class AwsBackend(CloudBackend):
                             aws_profile=self.setting("aws_profile"), bucket=self.named_bucket(),
                             kms_key_id=self.setting("kms_key_id"))
 
-    def workspace_program(self, config: Any) -> Callable[[], None]:
+    def workspace_program(self, config: AwsWorkspace) -> Program:
         """`workspace_program(config)` as the engine wants it."""
         return lambda: workspace_program(config)
 
@@ -131,13 +128,13 @@ class AwsBackend(CloudBackend):
         fetch = [
             shlex.join([f"{venv}/pip", "install", "-q", "boto3"]),
             shlex.join([f"{venv}/python", "-c", DOWNLOAD_PY, self.location(), self.bucket(),
-                        wheel.key, f"{REMOTE_ROOT}/{wheel.name}"]),
+                        wheel.store_key, f"{REMOTE_ROOT}/{wheel.name}"]),
         ]
         return cloud_bootstrap(run, store_url=self.instance_store_url(), wheel=wheel,
                                fetch=fetch, max_duration=max_duration_s(run.job, self.profile),
                                env={"AWS_DEFAULT_REGION": self.location()})
 
-    def run_config(self, run: RunRecord, bootstrap: str, workspace: dict[str, Any]) -> AwsRun:
+    def run_config(self, run: RunRecord, bootstrap: str, workspace: Outputs) -> AwsRun:
         """The run program's config: offer, network, caller, workspace role."""
         offer = self.offer(run.job)
         return AwsRun(
@@ -153,7 +150,7 @@ class AwsBackend(CloudBackend):
             public_ip=str(self.setting("public_ip", "true")).lower() != "false",
         )
 
-    def run_program(self, config: AwsRun) -> Callable[[], None]:
+    def run_program(self, config: AwsRun) -> Program:
         """The run stack's program for `config`."""
         return lambda: run_program(config)
 
@@ -180,7 +177,7 @@ class AwsBackend(CloudBackend):
                 return (str(inst["State"]["Name"]), str(reason))
         return ("gone", "EC2 no longer knows it")
 
-    def instance_info(self, run: RunRecord, cfg: AwsRun, outputs: dict[str, Any],
+    def instance_info(self, run: RunRecord, cfg: AwsRun, outputs: Outputs,
                       offer: Offer) -> dict[str, object]:
         """Where the run's runner runs, as recorded in the run."""
         instance: dict[str, object] = {
@@ -191,3 +188,6 @@ class AwsBackend(CloudBackend):
             "caller_cidr": cfg.caller_cidr,
         }
         return instance
+
+
+_: BackendClass = AwsBackend  # mypy checks it is a `Backend`

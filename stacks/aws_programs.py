@@ -24,7 +24,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from dstack.stacks.cloud import slug
+from dstack.names import slug
 
 GPU_AMI_OWNER = "amazon"
 GPU_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
@@ -92,7 +92,7 @@ def assume_role_policy() -> str:
 
 def role_policy(bucket_arn: str, kms_key_arn: str | None = None) -> str:
     """The role's only permissions: list the bucket, read/write/delete its objects."""
-    statements: list[dict[str, Any]] = [
+    statements: list[dict[str, object]] = [
         {"Sid": "ListTheBucket", "Effect": "Allow", "Action": list(BUCKET_ACTIONS),
          "Resource": [bucket_arn]},
         {"Sid": "ObjectsOfTheBucket", "Effect": "Allow", "Action": list(OBJECT_ACTIONS),
@@ -124,12 +124,13 @@ def workspace_program(cfg: AwsWorkspace) -> None:
         opts=opts)
     aws.s3.BucketOwnershipControls("ownership", bucket=bucket.id,
                                    rule={"object_ownership": "BucketOwnerEnforced"}, opts=opts)
-    default: dict[str, Any] = ({"sse_algorithm": "aws:kms", "kms_master_key_id": cfg.kms_key_id}
-                               if cfg.kms_key_id else {"sse_algorithm": "AES256"})
+    encryption: aws.s3.BucketServerSideEncryptionConfigurationRuleArgsDict = {
+        "apply_server_side_encryption_by_default":
+            {"sse_algorithm": "aws:kms", "kms_master_key_id": cfg.kms_key_id} if cfg.kms_key_id
+            else {"sse_algorithm": "AES256"},
+        "bucket_key_enabled": bool(cfg.kms_key_id)}
     aws.s3.BucketServerSideEncryptionConfiguration(
-        "encryption", bucket=bucket.id,
-        rules=[{"apply_server_side_encryption_by_default": default,
-                "bucket_key_enabled": bool(cfg.kms_key_id)}], opts=opts)
+        "encryption", bucket=bucket.id, rules=[encryption], opts=opts)
     versioning = aws.s3.BucketVersioning("versioning", bucket=bucket.id,
                                          versioning_configuration={"status": "Enabled"},
                                          opts=opts)
@@ -168,10 +169,11 @@ def run_tags(cfg: AwsRun) -> dict[str, str]:
 
 
 def _field(obj: Any, name: str) -> Any:
+    # Any: the engine gives a lookup's typed result, Pulumi's mocks give dicts.
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
-def root_size(requested: int, ami: Any) -> int:
+def root_size(requested: int, ami: Any) -> int:  # Any: as `_field`
     """The requested disk, but never smaller than the image's own root volume."""
     for mapping in _field(ami, "block_device_mappings") or []:
         if _field(mapping, "device_name") == _field(ami, "root_device_name"):
@@ -224,8 +226,9 @@ def run_program(cfg: AwsRun) -> None:
             opts=invoke)
         ami_id = ami.id
         root = ami.apply(lambda found: root_size(cfg.disk_gib, found))
-    market = ({"market_type": "spot", "spot_options": {
-        "spot_instance_type": "one-time", "instance_interruption_behavior": "terminate"}}
+    market: aws.ec2.InstanceInstanceMarketOptionsArgsDict | None = ({
+        "market_type": "spot", "spot_options": {
+            "spot_instance_type": "one-time", "instance_interruption_behavior": "terminate"}}
         if cfg.spot else None)
     instance = aws.ec2.Instance(
         "instance", ami=ami_id, instance_type=cfg.instance_type, subnet_id=subnet_id,

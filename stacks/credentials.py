@@ -50,7 +50,8 @@ def check_gcp(settings: dict[str, Any]) -> dict[str, str]:
     scopes = ["https://www.googleapis.com/auth/cloud-platform"]
     try:
         if creds_file:
-            creds, _ = google.auth.load_credentials_from_file(creds_file, scopes=scopes)
+            creds, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
+                creds_file, scopes=scopes)  # (google-auth leaves this function unannotated)
         else:
             creds, _ = google.auth.default(scopes=scopes)
     except (gexc.DefaultCredentialsError, OSError, ValueError) as exc:

@@ -5,39 +5,45 @@ under the dstack home unless a profile names another URL), `PULUMI_HOME` under t
 home, no update checks, this interpreter for Python dynamic providers, and a passphrase
 secrets provider whose passphrase is generated once into a 0600 file. Pulumi's errors are
 turned into dstack errors that say what to do.
+
+Each operation is one engine command (each start costs about 0.2 s), run by `engine_process`
+so that dstack's death never kills it. Every command names its stack with `--stack`, so none
+selects it first. `up` and `destroy` serve the inline program to the engine the way the
+Automation API does (a language runtime the engine calls back, `--client`) and read outputs
+and changes from the update's own event log, so no `stack output` or `stack history` call
+follows them. That is why the SDK's `auto.Stack` is not used: its constructor runs `stack
+select`, and its `up` and `destroy` read outputs and history back afterwards (`stack output`
+twice, `stack history`): five more engine starts per run, telling dstack nothing new.
+
+The SDK has no public host for an inline program: `LanguageServer` comes from its private
+`pulumi.automation._server`, and `tests/unit/test_engine_sdk.py` fails when the SDK changes.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import shlex
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
+import grpc
 from pulumi import automation as auto
 from pulumi.automation import errors as auto_errors
-from pulumi.automation._cmd import CommandResult, OnOutput
-from pulumi.automation._stack import StackInitMode
+from pulumi.automation._server import LanguageServer  # no public equivalent; see above
 from pulumi.automation.events import EngineEvent, OpType
+from pulumi.runtime.proto import language_pb2_grpc
 from semver import VersionInfo
 
 from dstack.config.backends import ResourceChange, StackInfo, UpdateRecord
 from dstack.errors import BackendError, EngineMissingError, NotFoundError, StackBusyError
 from dstack.home import private_dir, secret_file, write_private
-from dstack.stacks.engine_install import (
-    PULUMI_VERSION,
-    engine_bin,
-    engine_root,
-    is_installed,
-)
+from dstack.stacks.engine_install import PULUMI_VERSION, engine_bin, engine_root, is_installed
+from dstack.stacks.engine_process import OutputFn, run_detached, scratch_path, sweep
 from dstack.stacks.file_state import (
     PROJECT_NAME,
     qualified_stack_name,
@@ -54,7 +60,15 @@ PROJECT_YAML = (
 """The project every stack belongs to; the repository's Pulumi.yaml holds the same text."""
 
 Program = Callable[[], None]
-OutputFn = Callable[[str], None]
+Outputs = dict[str, object]
+"""A stack's outputs: JSON values, whose shape each program defines."""
+
+INLINE_EXEC_KIND = "auto.inline"
+"""What the Automation API tells the engine an in-process program is (`--exec-kind`)."""
+HISTORY_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+"""How `pulumi stack history --json` writes times (as the SDK parses them)."""
+_GRPC_OPTIONS = [("grpc.max_receive_message_length", 400 * 1024 * 1024)]
+"""The SDK's own limit for the engine's messages to an inline program."""
 
 _CHANGE_OPS = {OpType.CREATE: "create", OpType.DELETE: "delete", OpType.UPDATE: "update",
                OpType.REPLACE: "replace", OpType.CREATE_REPLACEMENT: "create",
@@ -64,123 +78,6 @@ _CHANGE_OPS = {OpType.CREATE: "create", OpType.DELETE: "delete", OpType.UPDATE: 
 def install_official(root: str, version: str) -> None:
     """Run Pulumi's official installer into `root` (used by `engine_install`)."""
     auto.PulumiCommand.install(root=root, version=VersionInfo.parse(version))
-
-
-class _Stack(auto.Stack):
-    """A stack that saves engine calls (each starts the engine, about 0.3 s).
-
-    It never runs `pulumi stack select`: every command names the stack with `--stack`, and a
-    missing stack makes the command itself fail. With `create`, it runs `stack init` and
-    takes "already exists" as done (for a new run stack: one call, not a failed select and
-    an init). `up`/`destroy` skip the `stack output` and `stack history` calls the
-    Automation API makes afterwards: dstack reads the outputs and changes from the update's
-    own event stream instead.
-    """
-
-    def __init__(self, name: str, workspace: auto.LocalWorkspace, create: bool) -> None:
-        self.name = name
-        self.workspace = workspace
-        self._mode = StackInitMode.SELECT
-        if create:
-            with contextlib.suppress(auto_errors.StackAlreadyExistsError):
-                workspace.create_stack(name)
-
-    def outputs(self) -> auto.OutputMap:
-        return {}
-
-    def info(self, show_secrets: bool = True) -> auto.UpdateSummary:
-        # A placeholder: the Automation API insists on a summary; dstack does not read it.
-        return auto.UpdateSummary(kind="update", start_time=datetime.now(timezone.utc),
-                                  message="", environment={}, config={}, result="succeeded")
-
-
-class _EngineCommand(auto.PulumiCommand):
-    """The engine command, run so that the death of the dstack process never kills it.
-
-    The Automation API reads the engine's stdout and stderr through pipes. When dstack is
-    killed, the engine's next write to them raises SIGPIPE, and Go programs die of SIGPIPE on
-    stdout and stderr whatever their disposition: the engine then dies in the middle of
-    saving a checkpoint and leaves the stack unreadable. Here the engine writes to files
-    that dstack follows, runs in a session of its own (a Ctrl-C for dstack does not reach it
-    mid-update), and reads nothing. It also skips the second `pulumi version` the Automation
-    API runs (each engine start costs about 0.3 s): the install stamp says the version.
-    """
-
-    def __init__(self, binary: Path, version: str, output_dir: Path) -> None:
-        self.command = str(binary)
-        self.version = VersionInfo.parse(version)
-        self.output_dir = output_dir
-
-    def run(self, args: list[str], cwd: str, additional_env: Mapping[str, str],
-            on_output: OnOutput | None = None,
-            on_error: OnOutput | None = None) -> CommandResult:
-        if "--non-interactive" not in args:
-            args.insert(0, "--non-interactive")
-        env = {**os.environ, **additional_env, "PULUMI_AUTOMATION_API": "true"}
-        stem = self.output_dir / f"{os.getpid()}-{threading.get_ident()}-{time.time_ns()}"
-        out, err = stem.with_suffix(".out"), stem.with_suffix(".err")
-        done = threading.Event()
-        stdout: list[str] = []
-        stderr: list[str] = []
-        try:
-            with out.open("wb") as out_f, err.open("wb") as err_f:
-                proc = subprocess.Popen([self.command, *args], cwd=cwd, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=out_f,
-                                        stderr=err_f, start_new_session=True)
-            followers = [threading.Thread(target=_follow, args=(path, done, cb, lines))
-                         for path, cb, lines in ((out, on_output, stdout),
-                                                 (err, on_error, stderr))]
-            for t in followers:
-                t.start()
-            try:
-                code = proc.wait()
-            finally:
-                done.set()
-                for t in followers:
-                    t.join()
-        finally:
-            out.unlink(missing_ok=True)
-            err.unlink(missing_ok=True)
-        result = CommandResult(stdout="\n".join(stdout), stderr="\n".join(stderr), code=code)
-        if code != 0:
-            raise auto_errors.create_command_error(result)
-        return result
-
-
-def _follow(path: Path, done: threading.Event, callback: OnOutput | None,
-            lines: list[str], poll_s: float = 0.02) -> None:
-    """Read the lines of a file another process writes, until `done` and its end."""
-    tail = ""
-    with path.open(encoding="utf-8", errors="replace") as f:
-        while True:
-            finished = done.is_set()
-            data = f.read()
-            if data:
-                *complete, tail = (tail + data).split("\n")
-                for line in complete:
-                    _emit(line, callback, lines)
-            elif finished:
-                break
-            else:
-                time.sleep(poll_s)
-    if tail:
-        _emit(tail, callback, lines)
-
-
-def _emit(line: str, callback: OnOutput | None, lines: list[str]) -> None:
-    line = line.rstrip()
-    if callback:
-        callback(line)
-    lines.append(line)
-
-
-def _sweep(folder: Path, max_age_s: float = 86400.0) -> None:
-    """Remove engine output files of dstack processes that were killed a day ago or more."""
-    cutoff = time.time() - max_age_s
-    for path in folder.iterdir():
-        with contextlib.suppress(OSError):
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
 
 
 class Engine:
@@ -194,7 +91,7 @@ class Engine:
         self.pulumi_home = home / "pulumi" / "home"
         self.passphrase_file = home / "secrets" / "pulumi-passphrase"
         self.output_dir = home / "pulumi" / "output"
-        self._command: auto.PulumiCommand | None = None
+        self._prepared = False
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -210,9 +107,16 @@ class Engine:
             "PATH": f"{engine_bin(self.home)}{os.pathsep}{path}",
         }
 
-    def _prepare(self) -> auto.PulumiCommand:
-        if self._command is not None:
-            return self._command
+    @property
+    def binary(self) -> Path:
+        """The engine's `pulumi` executable."""
+        return engine_root(self.home) / "bin" / "pulumi"
+
+    def _prepare(self) -> None:
+        """Check the engine is installed; create the project, state and output folders and
+        the passphrase once per process."""
+        if self._prepared:
+            return
         if not is_installed(self.home):
             raise EngineMissingError(
                 f"the Pulumi engine {PULUMI_VERSION} is not installed in {engine_bin(self.home)}",
@@ -227,37 +131,49 @@ class Engine:
         if not project.exists() or project.read_text() != PROJECT_YAML:
             write_private(project, PROJECT_YAML.encode())
         private_dir(self.output_dir)
-        _sweep(self.output_dir)
-        self._command = _EngineCommand(engine_root(self.home) / "bin" / "pulumi",
-                                       PULUMI_VERSION, self.output_dir)
-        return self._command
+        sweep(self.output_dir)
+        self._prepared = True
 
-    def _workspace(self, program: Program | None = None) -> auto.LocalWorkspace:
-        return auto.LocalWorkspace(
-            work_dir=str(self.work_dir),
-            pulumi_home=str(self.pulumi_home),
-            program=program,
-            env_vars=self.env(),
-            secrets_provider="passphrase",
-            pulumi_command=self._prepare(),
-        )
+    def _run(self, args: list[str], stack: str | None = None,
+             on_output: OutputFn | None = None) -> str:
+        """Run `pulumi <args> [--stack <stack>]`; its stdout. A failure raises the Automation
+        API's error for it (stack not found, already exists, locked, ...)."""
+        self._prepare()
+        argv = [str(self.binary), "--non-interactive", *args,
+                *(["--stack", stack] if stack else [])]
+        env = {**os.environ, **self.env(), "PULUMI_AUTOMATION_API": "true",
+               "PULUMI_DEBUG_COMMANDS": "true"}
+        done = run_detached(argv, cwd=self.work_dir, env=env, output_dir=self.output_dir,
+                            on_output=on_output)
+        if done.code != 0:
+            raise auto_errors.create_command_error(
+                auto.CommandResult(stdout=done.stdout, stderr=done.stderr, code=done.code))
+        return done.stdout
 
-    def _stack(self, name: str, program: Program | None, create: bool) -> auto.Stack:
-        ws = self._workspace(program)
-        return _Stack(name, ws, create)
+    def _update(self, command: str, name: str, program: Program,
+                on_output: OutputFn | None) -> tuple[Outputs, list[ResourceChange]]:
+        """`pulumi up|destroy` of stack `name` with `program`: its outputs and changes."""
+        events = scratch_path(self.output_dir, ".events")
+        try:
+            with _serve_program(program) as client:
+                self._run([command, "--yes", "--skip-preview", "--color", "never",
+                           "--suppress-progress", f"--client={client}",
+                           "--exec-kind", INLINE_EXEC_KIND, "--event-log", str(events)],
+                          stack=name, on_output=on_output)
+            return _read_events(events)
+        finally:
+            events.unlink(missing_ok=True)
 
     # -- operations ----------------------------------------------------------------------
 
     def up(
         self, name: str, program: Program, on_output: OutputFn | None = None
-    ) -> tuple[dict[str, Any], list[ResourceChange]]:
+    ) -> tuple[Outputs, list[ResourceChange]]:
         """Create (or select) stack `name` and bring it up; return its outputs and changes."""
         with _translated(name, "bring up"):
-            stack = self._stack(name, program, create=True)
-            changes = _ChangeLog()
-            stack.up(on_output=on_output, on_event=changes, color="never",
-                     suppress_progress=True, show_secrets=False)
-            return changes.outputs, changes.items
+            with suppress(auto_errors.StackAlreadyExistsError):  # one call, not select + init
+                self._run(["stack", "init", name, "--secrets-provider", "passphrase"])
+            return self._update("up", name, program, on_output)
 
     def destroy(
         self, name: str, program: Program, on_output: OutputFn | None = None,
@@ -273,22 +189,18 @@ class Engine:
             except NotFoundError:
                 return []
         with _translated(name, "destroy"):
-            stack = self._stack(name, program, create=False)
-            changes = _ChangeLog()
-            stack.destroy(on_output=on_output, on_event=changes, color="never",
-                          suppress_progress=True, show_secrets=False)
-            return changes.items
+            return self._update("destroy", name, program, on_output)[1]
 
     def remove(self, name: str) -> None:
         """Remove stack `name` and its history (only when it holds no resources)."""
         with _translated(name, "remove"):
-            self._workspace().remove_stack(name)
+            self._run(["stack", "rm", "--yes", name])
 
     def list_stacks(self) -> list[StackInfo]:
         """Every stack of the project in the backend."""
         try:
             with _translated("*", "list"):
-                summaries = self._workspace().list_stacks()
+                listed = json.loads(self._run(["stack", "ls", "--json"]))
         except BackendError as exc:
             broken = unreadable_stacks(self.file_state, PROJECT_NAME) if self.file_state else []
             if broken:
@@ -296,15 +208,9 @@ class Engine:
                             "Each has its previous checkpoint beside it (.bak); restore that "
                             "or move the file away, then run `dstack gc` again.")
             raise
-        return [
-            StackInfo(
-                name=s.name.rsplit("/", 1)[-1],
-                resource_count=s.resource_count or 0,
-                update_in_progress=bool(s.update_in_progress),
-                last_update=s.last_update.isoformat() if s.last_update else None,
-            )
-            for s in summaries
-        ]
+        return [StackInfo(name=str(s["name"]).rsplit("/", 1)[-1],
+                          resource_count=int(s.get("resourceCount") or 0))
+                for s in listed]
 
     def history(self, name: str) -> list[UpdateRecord]:
         """Every update of stack `name`, oldest first, numbered from 1.
@@ -314,19 +220,19 @@ class Engine:
         is its place in the history, as Pulumi Cloud numbers them.
         """
         with _translated(name, "read the history of"):
-            summaries = self._stack(name, None, create=False).history(page_size=0,
-                                                                      show_secrets=False)
-        summaries.reverse()  # the engine lists the newest first
+            listed = json.loads(self._run(
+                ["stack", "history", "--json", "--page-size", "0", "--page", "1"], stack=name))
+        listed.reverse()  # the engine lists the newest first
         return [
             UpdateRecord(
-                version=s.version or number,
-                kind=s.kind,
-                result=s.result,
-                start=s.start_time.isoformat(),
-                end=s.end_time.isoformat() if s.end_time else None,
-                changes=dict(s.resource_changes or {}),
+                version=int(s.get("version") or number),
+                kind=str(s["kind"]),
+                result=str(s["result"]),
+                start=_history_time(s["startTime"]),
+                end=_history_time(s["endTime"]) if "endTime" in s else None,
+                changes={str(op): int(n) for op, n in (s.get("resourceChanges") or {}).items()},
             )
-            for number, s in enumerate(summaries, 1)
+            for number, s in enumerate(listed, 1)
         ]
 
     def history_command(self, name: str) -> str:
@@ -335,40 +241,49 @@ class Engine:
         file (never the passphrase) in its environment."""
         env = {"PULUMI_BACKEND_URL": self.backend_url,
                "PULUMI_CONFIG_PASSPHRASE_FILE": str(self.passphrase_file)}
-        argv = [str(engine_root(self.home) / "bin" / "pulumi"), "stack", "history",
+        argv = [str(self.binary), "stack", "history",
                 "--stack", qualified_stack_name(name), "--page-size", "0"]
         return " ".join([*(f"{key}={shlex.quote(value)}" for key, value in env.items()),
                          shlex.join(argv)])
 
-    def resources(self, name: str) -> list[dict[str, Any]]:
-        """The resources stack `name` holds now, from its exported state."""
-        with _translated(name, "export"):
-            deployment = self._workspace().export_stack(name).deployment or {}
-        return list(deployment.get("resources") or [])
+
+@contextmanager
+def _serve_program(program: Program) -> Iterator[str]:
+    """Serve `program` as the language runtime the engine runs it through, as the Automation
+    API does for an inline program; the address to give the engine (`--client`)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=_GRPC_OPTIONS)
+    language_pb2_grpc.add_LanguageRuntimeServicer_to_server(LanguageServer(program), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
 
 
-class _ChangeLog:
-    """An `on_event` callback that records each resource the engine changed."""
+def _read_events(path: Path) -> tuple[Outputs, list[ResourceChange]]:
+    """The stack's outputs and each resource the engine changed, from an update's event log
+    (one JSON engine event a line)."""
+    outputs: Outputs = {}
+    changes: list[ResourceChange] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        out = EngineEvent.from_json(json.loads(line)).res_outputs_event
+        meta = out.metadata if out is not None else None
+        if meta is None:
+            continue
+        if meta.type == "pulumi:pulumi:Stack" and meta.new is not None:
+            outputs = dict(meta.new.outputs or {})
+        op = _CHANGE_OPS.get(meta.op)
+        if op is None or meta.type.startswith(("pulumi:pulumi:", "pulumi:providers:")):
+            continue
+        changes.append(ResourceChange(op=op, type=meta.type, name=meta.urn.rsplit("::", 1)[-1]))
+    return outputs, changes
 
-    def __init__(self) -> None:
-        self.items: list[ResourceChange] = []
-        self.outputs: dict[str, Any] = {}
-        self._lock = threading.Lock()
 
-    def __call__(self, event: EngineEvent) -> None:
-        out = event.res_outputs_event
-        if out is not None and out.metadata is not None and out.metadata.type == \
-                "pulumi:pulumi:Stack" and out.metadata.new is not None:
-            self.outputs = dict(out.metadata.new.outputs or {})
-        if out is None or out.metadata is None:
-            return
-        op = _CHANGE_OPS.get(out.metadata.op)
-        if op is None or out.metadata.type.startswith(("pulumi:pulumi:", "pulumi:providers:")):
-            return
-        urn = out.metadata.urn
-        with self._lock:
-            self.items.append(ResourceChange(op=op, type=out.metadata.type,
-                                             name=urn.rsplit("::", 1)[-1]))
+def _history_time(text: str) -> str:
+    return datetime.strptime(text, HISTORY_TIME).isoformat()
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dstack.errors import EngineMissingError
+from dstack.files import replacing
 from dstack.home import dstack_home, private_dir
 
 PULUMI_VERSION = "3.260.0"
@@ -88,10 +89,9 @@ def write_launcher(bin_dir: Path) -> None:
     """Put the dynamic-provider launcher beside the engine unless one is already there."""
     path = bin_dir / LAUNCHER_NAME
     if not path.exists():
-        tmp = bin_dir / f".{LAUNCHER_NAME}.{os.getpid()}.tmp"
-        tmp.write_text(LAUNCHER)
-        tmp.chmod(0o755)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            tmp.write_text(LAUNCHER)
+            tmp.chmod(0o755)
 
 
 def _say(msg: str) -> None:
@@ -218,14 +218,13 @@ def try_go_build(bin_dir: Path, version: str) -> bool:
             if resolved != [PKG_MODULE, tag, SDK_MODULE, tag]:
                 raise RuntimeError(f"modules resolved to {resolved}, not {tag}")
             _say("building (several minutes on 2 cores when Go's build cache is cold)")
-            out = bin_dir / f".pulumi.{os.getpid()}.tmp"
             ldflags = f"-s -w -X {SDK_MODULE}/go/common/version.Version={tag}"
-            _go(
-                ["build", "-trimpath", "-ldflags", ldflags, "-o", str(out),
-                 f"{PKG_MODULE}/cmd/pulumi"],
-                work, env,
-            )
-            os.replace(out, bin_dir / "pulumi")
+            with replacing(bin_dir / "pulumi") as out:
+                _go(
+                    ["build", "-trimpath", "-ldflags", ldflags, "-o", str(out),
+                     f"{PKG_MODULE}/cmd/pulumi"],
+                    work, env,
+                )
     except (RuntimeError, OSError, ValueError) as exc:
         _say(f"the Go build failed: {exc}")
         return False

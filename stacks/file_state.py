@@ -28,6 +28,7 @@ import socket
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
+from dstack.files import write_whole
 from dstack.procs import process_alive, session_members
 
 ATTRS = ".attrs"
@@ -127,10 +128,7 @@ def repair_stack(state_dir: Path, project: str, stack: str) -> list[str]:
             done.append(f"removed the broken {sidecar.name}")
     backup = folder / f"{stack}.json.bak"
     if current.exists() and not _is_checkpoint(current) and _is_checkpoint(backup):
-        tmp = folder / f".{stack}.json.restore-{os.getpid()}"
-        tmp.write_bytes(backup.read_bytes())
-        tmp.chmod(0o600)
-        os.replace(tmp, current)
+        write_whole(current, backup.read_bytes(), mode=0o600)
         Path(f"{current}{ATTRS}").unlink(missing_ok=True)
         done.append(f"restored {current.name} from {backup.name}")
     return done

@@ -13,24 +13,15 @@ bucket must be the workspace bucket). The Pulumi state backend is the profile's 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlencode
 
 from dstack.catalogue.offers import Offer, describe_offer, format_price
+from dstack.config.backends import BackendClass
 from dstack.run.job import Job
 from dstack.run.record import RunRecord
-from dstack.stacks.cloud import (
-    REMOTE_ROOT,
-    CloudBackend,
-    app_ports,
-    cloud_bootstrap,
-    disk_gib,
-    format_duration,
-    job_resources,
-    max_duration_s,
-    planned_caller,
-)
+from dstack.stacks.caller import planned_caller
+from dstack.stacks.cloud import CloudBackend, Outputs, Program
+from dstack.stacks.cloud_bootstrap import REMOTE_ROOT, cloud_bootstrap
 from dstack.stacks.gcp_programs import (
     GcpRun,
     GcpWorkspace,
@@ -42,6 +33,13 @@ from dstack.stacks.gcp_programs import (
     run_program,
     workspace_program,
 )
+from dstack.stacks.instance_spec import (
+    app_ports,
+    disk_gib,
+    format_duration,
+    job_resources,
+    max_duration_s,
+)
 
 DOWNLOAD_PY = ("import sys; from google.cloud import storage; "
                "storage.Client(project=sys.argv[1]).bucket(sys.argv[2]).blob(sys.argv[3])"
@@ -50,12 +48,11 @@ DEFAULT_ZONE_SUFFIX = "-b"
 """Zone `b` exists in every region the catalogue lists (us-east1 has no zone `a`)."""
 
 
-class GcpBackend(CloudBackend):
+class GcpBackend(CloudBackend[GcpWorkspace, GcpRun]):
     """Each run a Compute Engine VM in its own ephemeral stack; the store is the workspace
     bucket."""
 
     name = "gcp"
-    cloud = "gcp"
 
     # -- settings and workspace --------------------------------------------------------------
 
@@ -86,7 +83,7 @@ class GcpBackend(CloudBackend):
             kms_key=self.setting("kms_key"), network=self.setting("network"),
             account_id=self.setting("service_account_id"))
 
-    def workspace_program(self, config: Any) -> Callable[[], None]:
+    def workspace_program(self, config: GcpWorkspace) -> Program:
         """`workspace_program(config)` as the engine wants it."""
         return lambda: workspace_program(config)
 
@@ -143,20 +140,20 @@ class GcpBackend(CloudBackend):
         wheel = self.wheel()
         venv = f"{REMOTE_ROOT}/venv/bin"
         dest = f"{REMOTE_ROOT}/{wheel.name}"
-        url = f"gs://{self.bucket()}/{wheel.key}"
+        url = f"gs://{self.bucket()}/{wheel.store_key}"
         fetch = [
             "if command -v gcloud >/dev/null 2>&1; then",
             "  " + shlex.join(["gcloud", "storage", "cp", url, dest]),
             "else",
             "  " + shlex.join([f"{venv}/pip", "install", "-q", "google-cloud-storage"]),
             "  " + shlex.join([f"{venv}/python", "-c", DOWNLOAD_PY, self.project(),
-                               self.bucket(), wheel.key, dest]),
+                               self.bucket(), wheel.store_key, dest]),
             "fi",
         ]
         return cloud_bootstrap(run, store_url=self.instance_store_url(), wheel=wheel, fetch=fetch,
                                max_duration=max_duration_s(run.job, self.profile))
 
-    def run_config(self, run: RunRecord, bootstrap: str, workspace: dict[str, Any]) -> GcpRun:
+    def run_config(self, run: RunRecord, bootstrap: str, workspace: Outputs) -> GcpRun:
         """The run program's config: offer, zone, caller, workspace identity and network."""
         offer = self.offer(run.job)
         return GcpRun(
@@ -173,11 +170,11 @@ class GcpBackend(CloudBackend):
             secure_boot=str(self.setting("secure_boot", "true")).lower() != "false",
         )
 
-    def run_program(self, config: GcpRun) -> Callable[[], None]:
+    def run_program(self, config: GcpRun) -> Program:
         """The run stack's program for `config`."""
         return lambda: run_program(config)
 
-    def instance_info(self, run: RunRecord, cfg: GcpRun, outputs: dict[str, Any],
+    def instance_info(self, run: RunRecord, cfg: GcpRun, outputs: Outputs,
                       offer: Offer) -> dict[str, object]:
         """Where the run's runner runs, as recorded in the run."""
         instance: dict[str, object] = {
@@ -190,3 +187,6 @@ class GcpBackend(CloudBackend):
             "caller_cidr": cfg.caller_cidr, "network_tag": network_tag(run.name),
         }
         return instance
+
+
+_: BackendClass = GcpBackend  # mypy checks it is a `Backend`

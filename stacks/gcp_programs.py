@@ -25,7 +25,7 @@ from typing import Any
 import pulumi
 import pulumi_gcp as gcp
 
-from dstack.stacks.cloud import slug
+from dstack.names import slug
 
 IMAGE_PROJECT = "projects/deeplearning-platform-release/global/images/family"
 GPU_IMAGE = f"{IMAGE_PROJECT}/common-cu128-ubuntu-2204-nvidia-570"
@@ -154,7 +154,7 @@ def run_labels(cfg: GcpRun) -> dict[str, str]:
             "dstack-profile": slug(cfg.profile)}
 
 
-def scheduling(spot: bool, max_run_s: int) -> dict[str, Any]:
+def scheduling(spot: bool, max_run_s: int) -> gcp.compute.InstanceSchedulingArgsDict:
     """TERMINATE on host maintenance (GPUs require it), no restart, deleted by GCE after the
     maximum duration; spot when interruptible."""
     return {"on_host_maintenance": "TERMINATE", "automatic_restart": False,
@@ -163,6 +163,7 @@ def scheduling(spot: bool, max_run_s: int) -> dict[str, Any]:
 
 
 def _nat_ip(nics: Any) -> str | None:
+    # Any: the engine gives typed network interfaces, Pulumi's mocks give dicts.
     for nic in nics or []:
         configs = nic.get("access_configs") if isinstance(nic, dict) else nic.access_configs
         for config in configs or []:
@@ -192,19 +193,21 @@ def run_program(cfg: GcpRun) -> None:
     metadata = {"block-project-ssh-keys": "true"}
     if gpu:
         metadata["install-nvidia-driver"] = "True"
+    accelerators: list[gcp.compute.InstanceGuestAcceleratorArgsDict] | None = (
+        [{"type": cfg.accelerator, "count": cfg.gpu_count}] if cfg.accelerator else None)
+    boot_disk: gcp.compute.InstanceBootDiskArgsDict = {"auto_delete": True, "initialize_params": {
+        "image": image_for(gpu, cfg.image), "size": cfg.disk_gib, "type": "pd-balanced",
+        "labels": labels}}
+    nic: gcp.compute.InstanceNetworkInterfaceArgsDict = {
+        "network": cfg.network, "subnetwork": cfg.subnetwork, "access_configs": [{}]}
     instance = gcp.compute.Instance(
         "instance", name=f"dstack-{slug(cfg.run, 56)}", zone=cfg.zone,
         machine_type=cfg.machine_type,
-        guest_accelerators=([{"type": cfg.accelerator, "count": cfg.gpu_count}]
-                            if cfg.accelerator else None),
+        guest_accelerators=accelerators,
         scheduling=scheduling(cfg.spot, cfg.max_run_s),
         shielded_instance_config={"enable_secure_boot": cfg.secure_boot, "enable_vtpm": True,
                                   "enable_integrity_monitoring": True},
-        boot_disk={"auto_delete": True, "initialize_params": {
-            "image": image_for(gpu, cfg.image), "size": cfg.disk_gib, "type": "pd-balanced",
-            "labels": labels}},
-        network_interfaces=[{"network": cfg.network, "subnetwork": cfg.subnetwork,
-                             "access_configs": [{}]}],
+        boot_disk=boot_disk, network_interfaces=[nic],
         service_account={"email": cfg.service_account, "scopes": [STORAGE_SCOPE]},
         metadata=metadata, metadata_startup_script=cfg.startup_script, labels=labels,
         tags=[tag], deletion_protection=False, opts=replace_first)

@@ -10,11 +10,10 @@ from __future__ import annotations
 import fcntl
 import socket
 import sys
-from functools import cached_property
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from dstack.config.backends import ResourceChange
+from dstack.config.backends import BackendClass, ResourceChange
 from dstack.config.profiles import Profile, store_url
 from dstack.errors import UsageError
 from dstack.home import private_dir
@@ -22,14 +21,11 @@ from dstack.procs import process_alive
 from dstack.run.job import Job
 from dstack.run.record import RunRecord, run_stack_name
 from dstack.runner.bootstrap import render_bootstrap
-from dstack.sizes import format_size
+from dstack.sizes import format_decimal, format_size
 from dstack.stacks.machine import docker_engine_available, local_cpus, local_gpus, local_memory
 from dstack.stacks.run_stacks import RunStacks
 from dstack.store.base import Store
 from dstack.store.local import LocalStore
-
-if TYPE_CHECKING:
-    from dstack.stacks.engine import Engine
 
 
 class LocalBackend(RunStacks):
@@ -38,21 +34,13 @@ class LocalBackend(RunStacks):
     name = "local"
 
     def __init__(self, profile: Profile, home: Path) -> None:
-        self.profile = profile
-        self.home = home
+        super().__init__(profile, home)
         self.store_root = Path(store_url(profile, home)[len("file://"):])
         self.workdirs = home / "workdirs"
         self.cache = home / "cache"
 
-    @cached_property
-    def engine(self) -> Engine:
-        """The engine, imported on first use: `ps`, `logs` and the checks before a run do
-        not need pulumi (about 0.4 s of imports)."""
-        from dstack.stacks.engine import Engine
-
-        return Engine(self.home, self.profile.state_url)
-
     def store(self) -> Store:
+        """The store folder."""
         return LocalStore(self.store_root)
 
     # -- workspace -------------------------------------------------------------------------
@@ -60,24 +48,30 @@ class LocalBackend(RunStacks):
     def _workspace_marker(self) -> Path:
         return self.home / "pulumi" / f"workspace-{self.profile.name}.done"
 
-    def ensure_workspace(self) -> None:
-        """Bring up the long-lived workspace stack once (it declares the store folder).
+    def ensure_workspace(self) -> Mapping[str, object]:
+        """Bring up the long-lived workspace stack once (it declares the store folder and
+        exports nothing, so its outputs are empty).
 
         Runs started at the same time take turns: the first brings it up, the others wait.
         """
-        if self._workspace_marker().exists():
-            return
-        private_dir(self._workspace_marker().parent)
-        with open(self._workspace_marker().with_suffix(".lock"), "a") as lock:
+        marker = self._workspace_marker()
+        if marker.exists():
+            return {}
+        private_dir(marker.parent)
+        with open(marker.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if self._workspace_marker().exists():
-                return
+            if marker.exists():
+                return {}
             from dstack.stacks.local_resources import Folder
 
             root = str(self.store_root)
-            self.engine.up(f"workspace-{self.profile.name}",
-                           lambda: Folder("store", root, keep=True))
-            self._workspace_marker().write_text("ok\n")
+
+            def program() -> None:
+                Folder("store", root, keep=True)
+
+            self.engine.up(self.workspace_stack, program)
+            marker.write_text("ok\n")
+        return {}
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -91,16 +85,17 @@ class LocalBackend(RunStacks):
                              hint)
         memory, have = job.resources.get("memory"), local_memory()
         if isinstance(memory, int) and have is not None and memory > have:
-            raise UsageError(f"the job asks for {memory / 1e9:,.1f} GB of memory; this machine "
-                             f"has {have / 1e9:,.1f} GB ({format_size(have)})", hint)
+            raise UsageError(f"the job asks for {format_decimal(memory, 'GB')} of memory; this "
+                             f"machine has {format_decimal(have, 'GB')} ({format_size(have)})",
+                             hint)
         gpu = job.resources.get("gpu")
         wanted = int(gpu.get("count", 0)) if isinstance(gpu, dict) else 0
         if wanted:
-            have = local_gpus()
-            if len(have) < wanted:
+            gpus = local_gpus()
+            if len(gpus) < wanted:
                 raise UsageError(
-                    f"the job asks for {wanted} GPU(s); this machine has {len(have)}"
-                    + (f" ({', '.join(have)})" if have else ""),
+                    f"the job asks for {wanted} GPU(s); this machine has {len(gpus)}"
+                    + (f" ({', '.join(gpus)})" if gpus else ""),
                     "Run it with `--gpu 0` to use the CPU, or with `--profile` naming a cloud "
                     "profile (`dstack config add aws|gcp ...`).",
                 )
@@ -155,7 +150,11 @@ class LocalBackend(RunStacks):
         return None
 
     def runner_alive(self, run: RunRecord) -> bool | None:
+        """Whether the runner process still runs; None on another host."""
         pid = run.instance.get("pid")
         if not pid or run.instance.get("host") != socket.gethostname():
             return None
         return process_alive(int(pid), run.instance.get("start_ticks"))
+
+
+_: BackendClass = LocalBackend  # mypy checks it is a `Backend`

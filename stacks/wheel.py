@@ -2,34 +2,46 @@
 
 From a source checkout (an editable install) the wheel is built once per distinct source
 (keyed by the hash of the package's files) and cached under the dstack home; the key in the
-store carries the same hash, so an instance always installs the code the CLI ran.
+store carries the same hash, so an instance always installs the code the CLI ran. A wheel
+named by env `DSTACK_WHEEL` or the profile's `wheel` is keyed by its own hash instead.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import dstack
-from dstack.errors import DstackError
+from dstack.config.profiles import Profile
+from dstack.errors import DstackError, UsageError
+from dstack.store.keys import wheel_key
 
 PACKAGE_DIRS = ("dstack", "stacks", "providers", "cli")
+WHEEL_ENV = "DSTACK_WHEEL"
 
 
 @dataclass(frozen=True)
 class Wheel:
-    """A built wheel and its store key."""
+    """A dstack wheel: the file, the digest its store key is named by, and the file's
+    SHA-256, which an instance checks before installing it."""
 
     path: Path
     digest: str
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        """The wheel's file name."""
+        return self.path.name
 
     @property
     def store_key(self) -> str:
-        """Where it lives in a profile's store."""
-        return f"wheels/{self.digest}/{self.path.name}"
+        """Where it lives in a profile's store: `wheels/<digest>/<file name>`."""
+        return wheel_key(self.digest, self.path.name)
 
 
 def source_root() -> Path | None:
@@ -61,7 +73,7 @@ def build_wheel(cache: Path) -> Wheel:
     out = cache / "wheels" / digest
     found = sorted(out.glob("dstack-*.whl")) if out.is_dir() else []
     if found:
-        return Wheel(found[0], digest)
+        return Wheel(found[0], digest, _sha256(found[0]))
     out.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps",
@@ -72,4 +84,22 @@ def build_wheel(cache: Path) -> Wheel:
     if proc.returncode != 0 or not found:
         raise DstackError(f"building dstack's wheel failed:\n{proc.stderr.strip()[-1500:]}",
                           "Check that `pip wheel .` works in the dstack checkout.")
-    return Wheel(found[0], digest)
+    return Wheel(found[0], digest, _sha256(found[0]))
+
+
+def find_wheel(profile: Profile, cache: Path) -> Wheel:
+    """The wheel to install on instances: env `DSTACK_WHEEL` or the profile's `wheel` (a
+    file, keyed by its own hash), else this very dstack built by `build_wheel`."""
+    given = os.environ.get(WHEEL_ENV) or profile.settings.get("wheel")
+    if not given:
+        return build_wheel(cache)
+    path = Path(str(given)).expanduser()
+    if not path.is_file() or not path.name.startswith("dstack-") or path.suffix != ".whl":
+        raise UsageError(f"{path} is not a dstack wheel file",
+                         f"Point {WHEEL_ENV} (or the profile's `wheel`) at dstack-*.whl.")
+    sha256 = _sha256(path)
+    return Wheel(path=path, digest=sha256[:20], sha256=sha256)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dstack.errors import DstackError, UsageError
 from dstack.names import did_you_mean
-from dstack.sizes import format_size
+from dstack.sizes import format_written
 from dstack.spec.models import Resources
 
 Cloud = Literal["aws", "gcp"]
@@ -217,17 +217,12 @@ class _Need:
     def __str__(self) -> str:
         parts = [f"{self.cpu} vCPU"] if self.cpu > 1 else []
         if self.memory:
-            parts.append(f"{_size(self.memory)} memory")
+            parts.append(f"{format_written(self.memory)} memory")
         if self.gpus:
-            memory = f" with {_size(self.gpu_memory)}" if self.gpu_memory else ""
+            memory = f" with {format_written(self.gpu_memory)}" if self.gpu_memory else ""
             name = f"{_TIMES}{self.gpu_name}" if self.gpu_name else " GPU"
             parts.append(f"{self.gpus}{name}{memory}")
         return ", ".join(parts) or "any machine"
-
-
-def _size(size: int) -> str:
-    """`16GB` for whole decimal gigabytes (as users write them), else `format_size`."""
-    return f"{size // 1000**3}GB" if size % 1000**3 == 0 else format_size(size)
 
 
 def _misses(entry: InstanceType, need: _Need) -> list[tuple[str, float]]:
@@ -373,11 +368,11 @@ def _refusal(need: _Need, cloud: str, region: str, catalogue: Catalogue) -> NoOf
     ranked.sort(key=lambda item: item[0])
     closest: list[tuple[Offer, tuple[str, ...]]] = []
     seen: set[tuple[tuple[str, ...], str | None]] = set()
-    for _, offer, misses in ranked:  # one per way of missing: not five sizes of one family
-        kind = misses, offer.gpu.name if offer.gpu else None
+    for _, offer, missing in ranked:  # one per way of missing: not five sizes of one family
+        kind = missing, offer.gpu.name if offer.gpu else None
         if kind not in seen and len(closest) < CLOSEST:
             seen.add(kind)
-            closest.append((offer, misses))
+            closest.append((offer, missing))
     spot = " as spot" if need.spot else ""
     lines = [f"no {cloud} instance type in {region} has {need}{spot}"]
     if closest:

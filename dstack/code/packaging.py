@@ -28,7 +28,9 @@ from dstack.code.archive import Entry, write_archive
 from dstack.code.ignore_rules import IgnoreRules
 from dstack.code.sensitive_paths import Guard
 from dstack.errors import DstackError, UsageError
+from dstack.files import temp_beside
 from dstack.sizes import format_decimal
+from dstack.store.keys import code_key
 
 __all__ = ["CodeArchive", "CodeInventory", "IgnoreRules", "package_code", "scan_code",
            "write_code"]
@@ -76,7 +78,7 @@ class CodeArchive:
     @property
     def store_key(self) -> str:
         """Where the archive lives in a store."""
-        return f"code/{self.sha256}.tar.gz"
+        return code_key(self.sha256)
 
 
 def scan_code(root: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -116,9 +118,8 @@ def write_code(inventory: CodeInventory, out_dir: Path | None = None) -> CodeArc
     a new temporary folder)."""
     out_dir = Path(tempfile.mkdtemp(prefix="dstack-code-")) if out_dir is None else out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".code-", suffix=".tar.gz.part", dir=out_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_beside(out_dir / "code.tar.gz")  # its name is its hash, known once written
+    tmp.touch(mode=0o600, exist_ok=False)
     try:
         digest = write_archive(inventory.entries, tmp)
         final = out_dir / f"{digest}.tar.gz"

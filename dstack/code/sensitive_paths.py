@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,11 @@ from pathlib import Path
 from dstack.code.ignore_rules import IgnoreRules
 from dstack.errors import UsageError
 from dstack.home import dstack_home
+from dstack.store.keys import CODE, CODE_ARCHIVE, RUN_FILE, RUNS
 
 HOME, STORE, STATE = "a dstack home", "a dstack store", "Pulumi state"
 HOME_MARKER = "secrets/pulumi-passphrase"
 STATE_FOLDER = ".pulumi"
-_ARCHIVE = re.compile(r"^[0-9a-f]{64}\.tar\.gz$")
 _RUNS_READ = 5  # run folders read to tell a store's `runs/` from a project's own
 
 
@@ -83,9 +82,9 @@ class Guard:
                 raise _inside(root, kind, real)
             if real.is_relative_to(root_real):
                 self._named[real.relative_to(root_real).as_posix()] = kind
-        kind = self._marked(root)
-        if kind is not None:
-            raise _inside(root, kind, root)
+        marked = self._marked(root)
+        if marked is not None:
+            raise _inside(root, marked, root)
 
     def excluded(self, relpath: str, is_dir: bool) -> bool:
         """Whether `relpath` (or a folder above it) is never packaged or a credential."""
@@ -124,7 +123,7 @@ class Guard:
         """HOME or STORE when `folder` holds the markers of one."""
         if (folder / HOME_MARKER).is_file():
             return HOME
-        if _holds_archive(folder / "code") or _holds_run(folder / "runs"):
+        if _holds_archive(folder / CODE) or _holds_run(folder / RUNS):
             return STORE
         return None
 
@@ -162,7 +161,7 @@ def _holds_archive(folder: Path) -> bool:
     """Whether `folder` (a `code/`) holds a store's `<sha256>.tar.gz`."""
     try:
         with os.scandir(folder) as it:
-            return any(_ARCHIVE.match(e.name) for e in it)
+            return any(CODE_ARCHIVE.match(e.name) for e in it)
     except OSError:
         return False
 
@@ -176,7 +175,7 @@ def _holds_run(folder: Path) -> bool:
         return False
     for run in runs:
         try:
-            with open(os.path.join(run, "run.json"), "rb") as f:
+            with open(os.path.join(run, RUN_FILE), "rb") as f:
                 doc = json.loads(f.read(1 << 20))
         except (OSError, ValueError):
             continue

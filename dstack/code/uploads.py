@@ -10,22 +10,20 @@ record is written.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Set
 
 from dstack.code.packaging import CodeArchive
 from dstack.store.base import Store
+from dstack.store.keys import CODE, code_of
 
-PREFIX = "code/"
 GRACE_S = 600.0
-_KEY = re.compile(r"^code/([0-9a-f]{64})\.tar\.gz$")
 
 
 def upload_code(store: Store, archive: CodeArchive, now: float | None = None) -> None:
     """Put `archive` in the store unless a copy younger than half of `GRACE_S` is there."""
     now = time.time() if now is None else now
-    written = store.list_times(PREFIX).get(archive.store_key)
+    written = store.list_times(CODE).get(archive.store_key)
     if written is None or now - written > GRACE_S / 2:
         store.put_file(archive.store_key, archive.path)
 
@@ -36,9 +34,9 @@ def remove_unused_code(store: Store, referenced: Set[str], now: float | None = N
     and that are older than `grace_s`; the keys deleted."""
     now = time.time() if now is None else now
     removed = []
-    for key, written in sorted(store.list_times(PREFIX).items()):
-        match = _KEY.match(key)
-        if match is None or match.group(1) in referenced or now - written < grace_s:
+    for key, written in sorted(store.list_times(CODE).items()):
+        sha256 = code_of(key)
+        if sha256 is None or sha256 in referenced or now - written < grace_s:
             continue
         store.delete(key)
         removed.append(key)

@@ -7,12 +7,13 @@ never imports pulumi.
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 from dstack.errors import UsageError
+from dstack.lazy import load_target
 from dstack.names import did_you_mean
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ class StackInfo:
 
     name: str
     resource_count: int
-    update_in_progress: bool
-    last_update: str | None
 
 
 @dataclass(frozen=True)
@@ -58,15 +57,18 @@ class UpdateRecord:
     changes: dict[str, int] = field(default_factory=dict)
 
 
+@runtime_checkable
 class Backend(Protocol):
-    """The operations the run life cycle needs from a backend."""
+    """Everything the core asks of a backend: every backend (`dstack.stacks.local`, `aws`,
+    `gcp`) is a class of this shape, constructed as `cls(profile, home)` (`BackendClass`)."""
 
     name: str
+    """The backend's name: its key in `BACKENDS`, the `backend` of its profiles."""
 
     def store(self) -> Store:
         """The artifact and metadata store of this profile."""
 
-    def ensure_workspace(self) -> object:
+    def ensure_workspace(self) -> Mapping[str, object]:
         """Bring up the profile's long-lived workspace stack (the store's bucket or folder,
         the instances' identity) unless it is up; its outputs."""
 
@@ -110,6 +112,10 @@ class Backend(Protocol):
         its instance)."""
 
 
+BackendClass = Callable[["Profile", Path], Backend]
+"""A backend's class: `BackendClass` annotations in the backend modules check (for mypy) that
+each one builds from a profile and the dstack home and is a `Backend`."""
+
 BACKENDS: dict[str, str] = {
     "local": "dstack.stacks.local:LocalBackend",
     "aws": "dstack.stacks.aws:AwsBackend",
@@ -126,7 +132,5 @@ def load_backend(profile: Profile, home: Path) -> Backend:
             f"unknown backend {profile.backend!r} in profile {profile.name!r}",
             did_you_mean(profile.backend, BACKENDS) or f"Known backends: {', '.join(BACKENDS)}.",
         )
-    module_name, cls_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    backend: Backend = cls(profile, home)
-    return backend
+    cls = cast("BackendClass", load_target(target))  # its module checks it statically
+    return cls(profile, home)

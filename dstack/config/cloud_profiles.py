@@ -6,14 +6,15 @@ profile is only saved when its credentials work, unless the user asks to skip th
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from dstack.config.profiles import Profile
 from dstack.errors import UsageError
+from dstack.lazy import load_target
+from dstack.names import slug
 
 CHECKS: dict[str, str] = {
     "aws": "dstack.stacks.credentials:check_aws",
@@ -26,15 +27,12 @@ _STATE = re.compile(r"^(s3|gs|file|azblob)://.+")
 
 
 def _checker(backend: str) -> Callable[[dict[str, Any]], dict[str, str]]:
-    module, func = CHECKS[backend].split(":")
-    check: Callable[[dict[str, Any]], dict[str, str]] = getattr(
-        importlib.import_module(module), func)
-    return check
+    check = load_target(CHECKS[backend])
+    return cast("Callable[[dict[str, Any]], dict[str, str]]", check)
 
 
 def _bucket_name(parts: list[str]) -> str:
-    name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:63].rstrip("-")
-    return name
+    return slug("-".join(parts), 63, squeeze=False)
 
 
 def _check_common(bucket: str | None, state_url: str | None) -> None:

@@ -20,8 +20,9 @@ from dstack.run.record import (
     update_run,
 )
 from dstack.run.tags import add_tag, check_tag_name, load_tag
-from dstack.store.artifact_sync import ArtifactSync, artifact_prefix
+from dstack.store.artifact_sync import ArtifactSync
 from dstack.store.base import Store
+from dstack.store.keys import artifact_prefix, run_prefix, tag_key
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def upload_as_tag(store: Store, tag: str, paths: list[str], root: Path, profile:
     When the upload fails, or another upload took the tag meanwhile, the new run is removed.
     """
     check_tag_name(tag)
-    if store.exists(f"tags/{tag}.json"):
+    if store.exists(tag_key(tag)):
         raise UsageError(f"tag {tag!r} already exists",
                          f"Delete it first: `dstack tags delete {tag}`.")
     rels = []
@@ -105,6 +106,6 @@ def upload_as_tag(store: Store, tag: str, paths: list[str], root: Path, profile:
         add_tag(store, tag, run)  # the tag's conditional create: one upload of a tag wins
     except BaseException:
         # Lost the tag to a concurrent upload, or failed: no untagged upload is left behind.
-        store.delete_prefix(f"runs/{run.name}/")
+        store.delete_prefix(run_prefix(run.name))
         raise
     return run

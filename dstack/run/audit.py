@@ -19,11 +19,7 @@ from dstack.errors import DstackError, NotFoundError
 from dstack.names import RUN_NAME, did_you_mean
 from dstack.run.record import list_run_names, load_run, now, run_stack_name
 from dstack.store.base import Store
-
-
-def stack_key(run: str) -> str:
-    """Store key of a run's recorded stack updates."""
-    return f"runs/{run}/stack.json"
+from dstack.store.keys import stack_key
 
 
 def record_update(store: Store, run: str, kind: str, changes: list[ResourceChange]) -> None:

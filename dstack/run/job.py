@@ -9,23 +9,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dstack.spec.job_parts import AppPort
+
 
 class ArtifactPath(BaseModel):
     """A folder or file of the working dir that is saved to the store."""
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
     path: str = Field(description="Path relative to the job's working dir.")
-    mount: bool = Field(False, description="Synced continuously (every artifact is).")
-
-
-class AppPort(BaseModel):
-    """A port the job serves an app on; the runner assigns it and waits until it answers."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-    name: str = Field(description="What the app is (streamlit, lab, ...).")
-    index: int = Field(0, description="Which of the job's ports (PORT_<index>).")
-    url_path: str = Field("/", description="Path and query appended to the app's base URL.")
-    ready_path: str = Field("/", description="Path polled until it answers.")
+    mount: bool = Field(False, exclude=True, description="Read from records that have it, "
+                        "never written: every artifact is synced continuously.")
 
 
 class Job(BaseModel):
@@ -46,7 +39,7 @@ class Job(BaseModel):
     stored_env: list[str] = Field(
         default_factory=list,
         description="Names of variables from `--env-file`: their values are in the store "
-                    "(`dstack.store.secrets.run_env_key`), never in `env` or the run's record.")
+                    "(`dstack.store.keys.run_env_key`), never in `env` or the run's record.")
     working_dir: str = Field(".", description="Relative to the unpacked code.")
     artifacts: list[ArtifactPath] = Field(default_factory=list)
     requirements: str | None = Field(None, description="Requirements file to install first.")
@@ -67,26 +60,3 @@ class Job(BaseModel):
         doc["env"] = {k: ("***" if k in self.secret_env else v) for k, v in self.env.items()}
         doc["env"].update(dict.fromkeys(self.stored_env, "***"))
         return doc
-
-
-class JobParts(BaseModel):
-    """What a provider contributes to a job: its command, ports and apps."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-    setup: list[str] = Field(default_factory=list)
-    shell: list[str] = Field(default_factory=list)
-    argv: list[str] = Field(default_factory=list)
-    ports: int = 0
-    apps: list[AppPort] = Field(default_factory=list)
-    requirements: str | None = None
-    packages: list[str] = Field(default_factory=list)
-    token: bool = Field(False, description="Whether the app needs a generated access token.")
-    needs_docker: bool = False
-    secret_env: dict[str, str] = Field(
-        default_factory=dict,
-        description="Variables the job's own lines read but never show, e.g. a registry "
-                    "password: merged into the job's env and listed in `Job.secret_env`.")
-    needs_secrets: list[str] = Field(
-        default_factory=list,
-        description="Profile secrets the job's own lines read (every secret is in the job's "
-                    "environment): a run is refused when one is missing.")

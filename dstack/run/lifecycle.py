@@ -11,9 +11,9 @@ import contextlib
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from dstack.code.uploads import remove_unused_code
 from dstack.config.backends import ResourceChange
 from dstack.errors import (
     BackendError,
@@ -31,12 +31,11 @@ from dstack.run.listing import run_docs, settled
 from dstack.run.record import (
     RunRecord,
     Status,
-    heartbeat_key,
     load_run,
     run_stack_name,
-    stop_key,
     update_run,
 )
+from dstack.store.keys import heartbeat_key, run_prefix, stop_key
 
 
 def submitter() -> dict[str, object]:
@@ -248,26 +247,62 @@ def _try_teardown(ctx: Context, run_name: str, say: Say, failed: list[str] | Non
         return False
 
 
-def gc(ctx: Context, say: Say = quiet) -> dict[str, list[str]]:
-    """Repair everything a crashed CLI may have left: locks, finished runs, orphan stacks;
-    and remove the code archives no run refers to any more (`code`).
+def open_reconciled(profile_name: str | None, say: Say = quiet) -> Context:
+    """The context of `profile_name` (or the default profile), after tearing down whatever
+    finished or crashed runs left behind. Housekeeping only: when the store cannot be read,
+    the command that goes on to read it says so."""
+    ctx = Context.open(profile_name)
+    with contextlib.suppress(StoreError):
+        reconcile(ctx, say)
+    return ctx
 
-    What it could not do is listed under `failed` (run names, or the stack listing as
-    `*`); it is reported through `say` as it happens.
-    """
-    cleared = ctx.backend.clear_stale_locks()
-    for stack in cleared:
+
+@dataclass
+class GcReport:
+    """What `gc` did, and what it could not do (each also said as it happened)."""
+
+    locks: list[str] = field(default_factory=list)
+    """Stacks whose lock, left by a dead engine, was cleared."""
+    torn_down: list[str] = field(default_factory=list)
+    """Runs that had finished (or whose runner or CLI died) whose stacks were destroyed."""
+    orphans: list[str] = field(default_factory=list)
+    """Runs whose stack still held resources no live run needs, now destroyed."""
+    code: list[str] = field(default_factory=list)
+    """Code archives no run refers to, removed."""
+    failed: list[str] = field(default_factory=list)
+    """Runs whose stack could not be destroyed."""
+    unlisted: bool = False
+    """Whether the state backend's stacks could not be listed (no orphan was looked for)."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether gc did everything it set out to do."""
+        return not self.failed and not self.unlisted
+
+
+def left_behind(ctx: Context, run: RunRecord | None) -> bool:
+    """Whether a run stack that holds resources should be destroyed: no run owns it, its run
+    was torn down already (so they outlived it), or its run needs tearing down."""
+    return run is None or run.torn_down or needs_teardown(ctx, run)
+
+
+def gc(ctx: Context, say: Say = quiet) -> GcReport:
+    """Repair everything a crashed CLI may have left: locks, finished runs, orphan stacks;
+    and remove the code archives no run refers to any more."""
+    from dstack.code.uploads import remove_unused_code  # only gc needs it: imported then
+
+    report = GcReport(locks=ctx.backend.clear_stale_locks())
+    for stack in report.locks:
         say(f"cleared a stale lock on stack {stack}")
-    failed: list[str] = []
-    torn = reconcile(ctx, say, failed)
+    failed = report.failed
+    report.torn_down = reconcile(ctx, say, failed)
     runs = {r["name"]: RunRecord.model_validate(r) for r in run_docs(ctx.store)}
-    orphans = []
     try:
         stacks = ctx.backend.stacks()
     except BackendError as exc:
         say(f"could not look for orphan stacks: {exc}")
         stacks = []
-        failed.append("*")
+        report.unlisted = True
     for info in stacks:
         if not info.name.startswith("run-") or info.resource_count == 0:
             continue
@@ -275,16 +310,14 @@ def gc(ctx: Context, say: Say = quiet) -> dict[str, list[str]]:
         run = runs.get(name)
         if name in failed:
             continue
-        if run is None or (run.torn_down is False and needs_teardown(ctx, run)) or \
-                (run.torn_down and info.resource_count > 0):
+        if left_behind(ctx, run):
             if not _try_teardown(ctx, name, say, failed, note_busy=True):
                 continue
-            orphans.append(name)
+            report.orphans.append(name)
             if run is not None:
                 end_unfinished(ctx, name)
-    code = remove_unused_code(ctx.store, {r.code for r in runs.values() if r.code})
-    return {"locks": cleared, "torn_down": torn, "orphans": orphans, "failed": failed,
-            "code": code}
+    report.code = remove_unused_code(ctx.store, {r.code for r in runs.values() if r.code})
+    return report
 
 
 def exit_code(run: RunRecord) -> int:
@@ -297,15 +330,19 @@ def exit_code(run: RunRecord) -> int:
     return shell_exit_code(code)
 
 
-def remove_run(ctx: Context, run_name: str, tags: list[str]) -> None:
-    """Delete a finished run's record, logs and artifacts (its stack history stays)."""
+def remove_run(ctx: Context, run_name: str) -> None:
+    """Delete a finished, untagged run's record, logs and artifacts (its stack history
+    stays)."""
+    from dstack.run.tags import tags_of
+
     run = load_run(ctx.store, run_name)
     if not run.status.finished:
         raise UsageError(f"run {run_name} is {run.status.value}",
                          f"Stop it first: `dstack stop {run_name}`.")
+    tags = tags_of(ctx.store, ctx.listing_cache).get(run_name, [])
     if tags:
         raise UsageError(f"run {run_name} is tagged ({', '.join(tags)}); its artifacts are "
                          "in use", "Delete the tag(s) first: `dstack tags delete TAG`.")
     if not run.torn_down:
         teardown(ctx, run_name)
-    ctx.store.delete_prefix(f"runs/{run_name}/")
+    ctx.store.delete_prefix(run_prefix(run_name))

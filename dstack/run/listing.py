@@ -10,14 +10,15 @@ the listing, and the cache can be deleted at any time. A process loads the cache
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dstack.durations import elapsed_s
 from dstack.errors import NotFoundError, StoreError
 from dstack.home import write_private
-from dstack.run.record import TERMINAL, run_key
+from dstack.run.record import TERMINAL, public_url
 from dstack.store.base import Store
+from dstack.store.keys import RUNS, TAGS, run_key, tag_of
 
 _FINAL = {s.value for s in TERMINAL}
 LISTED = ("name", "workflow", "project", "provider", "status", "submitted_at", "started_at",
@@ -68,7 +69,7 @@ def run_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
     cached: dict[str, Any] = whole.get("runs", {})
     fresh: dict[str, Any] = {}
     dirty = False
-    for name in store.list_dirs("runs/"):
+    for name in store.list_dirs(RUNS):
         doc = cached.get(name)
         if doc is None or not settled(doc):
             try:
@@ -91,14 +92,31 @@ def project_runs(docs: list[dict[str, Any]], project: str | None) -> list[dict[s
     return [d for d in docs if d.get("project") == project]
 
 
+RECENT = 10
+"""How many of the newest runs `dstack ps` lists, besides the unfinished ones, without -a."""
+
+
+def shown_runs(docs: list[dict[str, Any]], project: str | None, *, all_projects: bool = False,
+               all_runs: bool = False) -> list[dict[str, Any]]:
+    """The run documents (newest first, as `run_docs` gives them) that `dstack ps` lists: of
+    `project` unless `all_projects`; of those, the unfinished ones and the `RECENT` newest,
+    or every one with `all_runs`."""
+    if not all_projects:
+        docs = project_runs(docs, project)
+    if all_runs:
+        return docs
+    recent = {d.get("name") for d in docs[:RECENT]}
+    return [d for d in docs if d.get("status") not in _FINAL or d.get("name") in recent]
+
+
 def tag_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
     """Every tag document, newest first (unchanged ones from the cache)."""
     whole = _load(cache, store)
     cached: dict[str, Any] = whole.get("tags", {})
     fresh: dict[str, Any] = {}
     dirty = False
-    for key, version in store.list_versions("tags/").items():
-        if not key.endswith(".json"):
+    for key, version in store.list_versions(TAGS).items():
+        if tag_of(key) is None:
             continue
         entry = cached.get(key)
         if entry is None or entry.get("v") != version:
@@ -119,16 +137,10 @@ def tag_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
 def run_summary(doc: dict[str, Any], tags: list[str], now: float) -> dict[str, Any]:
     """A run as `dstack ps` shows it, from its document."""
     start = doc.get("started_at") or doc.get("submitted_at")
-    end = doc.get("finished_at")
-    duration = None
-    if start:
-        t1 = datetime.fromisoformat(end).timestamp() if end else now
-        duration = round(max(0.0, t1 - datetime.fromisoformat(start).timestamp()), 1)
+    duration = round(elapsed_s(start, doc.get("finished_at"), now), 1) if start else None
     finished = doc.get("status") in _FINAL
     host = (doc.get("instance") or {}).get("public_ip")
-    apps = [] if finished else [
-        str(a["url"]).replace("//0.0.0.0:", f"//{host}:", 1) if host else str(a["url"])
-        for a in doc.get("apps") or []]
+    apps = [] if finished else [public_url(str(a["url"]), host) for a in doc.get("apps") or []]
     job = doc.get("job") or {}
     return {
         "run": doc.get("name"), "workflow": doc.get("workflow") or "",

@@ -8,7 +8,6 @@ and a terminal status is never overwritten.
 from __future__ import annotations
 
 import re
-import time
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -19,6 +18,7 @@ from dstack.errors import NotFoundError, StoreError, UsageError
 from dstack.names import did_you_mean, run_name_candidates
 from dstack.run.job import Job
 from dstack.store.base import Store
+from dstack.store.keys import RUNS, run_key
 
 SCHEMA_VERSION = 1
 
@@ -91,39 +91,19 @@ class RunRecord(BaseModel):
     detached: bool = False
 
     def app_url(self, app: App) -> str:
-        """The app's URL as the user opens it (a cloud runner binds 0.0.0.0; the instance's
-        public address stands in for it)."""
-        host = self.instance.get("public_ip")
-        return app.url.replace("//0.0.0.0:", f"//{host}:", 1) if host else app.url
+        """The app's URL as the user opens it (`public_url`)."""
+        return public_url(app.url, self.instance.get("public_ip"))
 
-    @property
-    def duration(self) -> float | None:
-        """Seconds from start (or submission) to finish (or now)."""
-        start = self.started_at or self.submitted_at
-        end = self.finished_at
-        t0 = datetime.fromisoformat(start).timestamp()
-        t1 = datetime.fromisoformat(end).timestamp() if end else time.time()
-        return max(0.0, t1 - t0)
+
+def public_url(url: str, public_ip: str | None) -> str:
+    """An app's URL as the user opens it: a cloud runner binds 0.0.0.0, and the instance's
+    public address stands in for it."""
+    return url.replace("//0.0.0.0:", f"//{public_ip}:", 1) if public_ip else url
 
 
 def run_stack_name(name: str) -> str:
     """The ephemeral Pulumi stack of a run."""
     return f"run-{name}"
-
-
-def run_key(name: str) -> str:
-    """The store key of a run's document."""
-    return f"runs/{name}/run.json"
-
-
-def heartbeat_key(run: str) -> str:
-    """Store key of the runner's heartbeat (how a cloud run shows it is alive)."""
-    return f"runs/{run}/heartbeat.json"
-
-
-def stop_key(run: str) -> str:
-    """Store key of a run's stop request."""
-    return f"runs/{run}/stop.json"
 
 
 def create_run(store: Store, make: Any) -> RunRecord:
@@ -170,7 +150,7 @@ def _suggestion(store: Store, name: str) -> str | None:
 
 def list_run_names(store: Store) -> list[str]:
     """Names of every run in the store."""
-    return store.list_dirs("runs/")
+    return store.list_dirs(RUNS)
 
 
 def update_run(store: Store, name: str, **changes: Any) -> RunRecord:

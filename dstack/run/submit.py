@@ -29,46 +29,27 @@ from dstack.run.context import Context, Say, quiet
 from dstack.run.following import Cursor, attach, write_new_records
 from dstack.run.job import ArtifactPath, Job
 from dstack.run.lifecycle import provision, submitter
+from dstack.run.options import RunOptions, apply_options, check_flags
 from dstack.run.project import project_of
 from dstack.run.record import RunRecord, create_run, run_stack_name
-from dstack.run.tags import check_tag_name, resolve_ref, tag_key, unknown_workflow
+from dstack.run.tags import check_tag_name, resolve_ref, unknown_workflow
 from dstack.sizes import SizeError, parse_size
 from dstack.spec.env_file import read_env_files
 from dstack.spec.files import CodeFiles, check_run_files, fetched
 from dstack.spec.loader import (
     Workflows,
-    check_workflow,
     load_workflows,
     runnable_workflows,
-    validate_workflow,
     workflow_files,
 )
 from dstack.spec.models import DepRef, Workflow
-from dstack.spec.problems import format_path
+from dstack.spec.provider import provider_of
 from dstack.spec.registry import PROVIDERS, provider_params
-from dstack.store.artifact_sync import artifact_prefix
+from dstack.spec.validation import validate_workflow
 from dstack.store.job_log import WriteLog
+from dstack.store.keys import artifact_prefix, tag_key
 from dstack.store.local import LocalStore
 from dstack.store.secrets import list_secrets, put_run_env
-
-
-@dataclass
-class RunOptions:
-    """The `dstack run` flags that change a workflow (None: keep the workflow's value)."""
-
-    deps: list[str] = field(default_factory=list)
-    artifacts: list[str] = field(default_factory=list)
-    gpu: int | None = None
-    gpu_name: str | None = None
-    gpu_memory: str | None = None
-    cpu: int | None = None
-    memory: str | None = None
-    interruptible: bool | None = None
-    env: list[str] = field(default_factory=list)
-    env_files: list[str] = field(default_factory=list)
-    requirements: str | None = None
-    working_dir: str | None = None
-    tag: str | None = None
 
 
 @dataclass
@@ -117,8 +98,7 @@ def _target_data(project_dir: Path, target: str, positional: Sequence[str]
         data = wf.model_dump(by_alias=True, exclude_unset=True, mode="json")
         return data, list(positional), str(workflows.location(target)), target, warning
     if target in PROVIDERS:
-        params = provider_params(target)
-        fields, rest = params.from_cli(list(positional))  # type: ignore[attr-defined]
+        fields, rest = provider_params(target).from_cli(list(positional))
         return {"provider": target, **fields}, rest, "the command line", None, warning
     names = [*workflows, *PROVIDERS]
     raise UsageError(
@@ -126,60 +106,6 @@ def _target_data(project_dir: Path, target: str, positional: Sequence[str]
         did_you_mean(target, names) or
         (f"Workflows: {', '.join(workflows) or '(none)'}. Providers: {', '.join(PROVIDERS)}."),
     )
-
-
-def _apply(data: dict[str, Any], opts: RunOptions) -> dict[str, Any]:
-    """The workflow fields with the command line's flags applied."""
-    data = dict(data)
-    data["depends-on"] = [*data.get("depends-on", []), *opts.deps]
-    data["artifacts"] = [*data.get("artifacts", []), *opts.artifacts]
-    data["env"] = [*data.get("env", []), *opts.env]
-    resources = dict(data.get("resources") or {})
-    for key in ("cpu", "memory", "interruptible"):
-        if getattr(opts, key) is not None:
-            resources[key] = getattr(opts, key)
-    if opts.gpu is not None or opts.gpu_name or opts.gpu_memory:
-        gpu = resources.get("gpu")
-        gpu = dict(gpu) if isinstance(gpu, Mapping) else ({"count": gpu} if gpu else {})
-        if opts.gpu is not None:
-            gpu["count"] = opts.gpu
-        if opts.gpu_name:
-            gpu["name"] = opts.gpu_name
-        if opts.gpu_memory:
-            gpu["memory"] = opts.gpu_memory
-        resources["gpu"] = gpu if gpu.get("count", 1) else 0
-    if resources:
-        data["resources"] = resources
-    if opts.working_dir is not None:
-        data["working_dir"] = opts.working_dir
-    if opts.requirements is not None:
-        data["requirements"] = opts.requirements
-    return data
-
-
-def _flag_of(path: tuple[object, ...]) -> str | None:
-    """The `dstack run` flag that set the field at `path`, if one did."""
-    head = path[0] if path else None
-    if head == "resources" and len(path) > 1:
-        if path[1] == "gpu":
-            rest = set(path[2:])
-            return "--gpu-memory" if "memory" in rest or "memory_bytes" in rest else \
-                "--gpu-name" if "name" in rest else "--gpu"
-        return {"cpu": "--cpu", "memory": "--memory",
-                "interruptible": "--interruptible"}.get(str(path[1]))
-    return {"env": "--env", "depends-on": "--dep", "depends_on": "--dep",
-            "artifacts": "--artifact", "working_dir": "--working-dir",
-            "requirements": "--requirements"}.get(str(head))
-
-
-def _check_flags(provider: str, flags: dict[str, Any]) -> None:
-    """Validate the values the flags give, blaming the flag (not the workflow file)."""
-    _wf, problems = check_workflow({"provider": provider, **flags})
-    for problem in problems:
-        flag = _flag_of(tuple(problem.path))
-        if flag is not None:
-            raise UsageError(f"{flag}: {format_path(problem.path)}: {problem.message}",
-                             f"Fix the value of {flag}; `dstack run --help` lists the flags.")
 
 
 def code_limit(profile: Profile) -> int:
@@ -210,7 +136,7 @@ def make_job(wf: Workflow, args: list[str], outer_env: Mapping[str, str],
     `stored_env` names the variables whose values the runner gets from the store."""
     if stored_env:  # a provider that passes variables by name (docker -e NAME) needs them too
         wf = wf.model_copy(update={"env": [*wf.env, *(f"{k}=" for k in stored_env)]})
-    parts = wf.job_parts()  # type: ignore[attr-defined]
+    parts = provider_of(wf).job_parts(wf)
     workdir = wf.working_dir or "."
     token = secrets.token_urlsafe(24) if parts.token else None
     return Job(
@@ -224,8 +150,8 @@ def make_job(wf: Workflow, args: list[str], outer_env: Mapping[str, str],
         secret_env=sorted(parts.secret_env),
         stored_env=sorted(set(stored_env) - set(parts.secret_env)),
         working_dir=workdir,
-        artifacts=[ArtifactPath(path=posixpath.normpath(posixpath.join(workdir, a.path)),
-                                mount=a.mount) for a in wf.artifacts],
+        artifacts=[ArtifactPath(path=posixpath.normpath(posixpath.join(workdir, a.path)))
+                   for a in wf.artifacts],
         requirements=(posixpath.normpath(posixpath.join(workdir, parts.requirements))
                       if parts.requirements else None),
         packages=parts.packages,
@@ -280,8 +206,8 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
     """
     data, args, origin, name, warning = _target_data(project_dir, target, positional)
     args = [*args, *after_dashes]
-    _check_flags(str(data.get("provider")), _apply({}, opts))
-    wf = validate_workflow(_apply(data, opts), origin=origin)
+    check_flags(str(data.get("provider")), apply_options({}, opts))
+    wf = validate_workflow(apply_options(data, opts), origin=origin)
     if opts.tag is not None:  # `--tag ""` is refused, not ignored
         try:
             check_tag_name(opts.tag)

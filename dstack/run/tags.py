@@ -21,6 +21,7 @@ from dstack.run.listing import run_docs, tag_docs
 from dstack.run.project import project_label
 from dstack.run.record import RunRecord, Status, load_run, now
 from dstack.store.base import Store
+from dstack.store.keys import TAGS, tag_key, tag_of
 
 TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 RESERVED = {"latest"}
@@ -47,11 +48,6 @@ def check_tag_name(tag: str) -> str:
                          "Use letters, digits, '.', '_' and '-' (up to 100), starting with a "
                          "letter or digit.")
     return tag
-
-
-def tag_key(tag: str) -> str:
-    """The store key of a tag's document."""
-    return f"tags/{tag}.json"
 
 
 def add_tag(store: Store, tag: str, run: RunRecord, *, replace: bool = False) -> Tag:
@@ -87,7 +83,7 @@ def load_tag(store: Store, tag: str) -> Tag:
 
 def list_tag_names(store: Store) -> list[str]:
     """Names of every tag."""
-    return [k[len("tags/"):-len(".json")] for k in store.list("tags/") if k.endswith(".json")]
+    return [tag for tag in map(tag_of, store.list(TAGS)) if tag is not None]
 
 
 def list_tags(store: Store, cache: Path | None = None) -> list[Tag]:

@@ -32,18 +32,17 @@ from dstack.run.record import (
     App,
     RunRecord,
     Status,
-    heartbeat_key,
     load_run,
     now,
-    stop_key,
     update_run,
 )
 from dstack.run.tags import add_tag
 from dstack.runner.jobscript import render_job_script
 from dstack.runner.pyenv import python_env
-from dstack.store.artifact_sync import ArtifactSync, artifact_prefix
+from dstack.store.artifact_sync import ArtifactSync
 from dstack.store.base import Store, open_store
 from dstack.store.job_log import LogShipper, Stream
+from dstack.store.keys import artifact_prefix, code_key, heartbeat_key, stop_key
 from dstack.store.secrets import load_run_env, load_secrets, maskable
 
 TICK_S = 0.2
@@ -86,6 +85,8 @@ class Runner:
         self._pumps: list[threading.Thread] = []
         self._term = threading.Event()
         self.aborted_during_stop = False
+        self.sync_error: str | None = None
+        """The last failure of an artifact sync while the job ran, if one failed."""
 
     # -- preparation ---------------------------------------------------------------------
 
@@ -94,7 +95,7 @@ class Runner:
         self.repo.mkdir(parents=True, exist_ok=True)
         if self.run.code:
             archive = self.workdir / "code.tar.gz"
-            self.store.get_file(f"code/{self.run.code}.tar.gz", archive)
+            self.store.get_file(code_key(self.run.code), archive)
             extract_archive(archive, self.repo)
             archive.unlink()
         for dep in self.run.deps:
@@ -276,7 +277,7 @@ class Runner:
 
     def execute(self) -> int:
         """Run the job end to end; return the runner's own exit code (0 unless it crashed)."""
-        self.sync_error: str | None = None
+        self.sync_error = None
         signal.signal(signal.SIGTERM, lambda *_: self._term.set())
         self.run = update_run(self.store, self.run.name, status=Status.RUNNING.value,
                               started_at=now())

@@ -149,6 +149,14 @@ def _as_named(path: str, working_dir: str | None) -> str | None:
     return path[len(working_dir) + 1:] if path.startswith(f"{working_dir}/") else None
 
 
+def named_files(workflow: Workflow) -> list[NamedFile]:
+    """The files a validated workflow's provider says it names (none for a bare `Workflow`)."""
+    from dstack.spec.provider import Provider  # it imports this module
+
+    both: object = workflow  # see `dstack.spec.provider.provider_of`
+    return both.named_files() if isinstance(both, Provider) else []
+
+
 def missing_files(workflow: Workflow, code: CodeFiles, brought: Callable[[str], bool] | None,
                   on_disk: Callable[[str], bool]) -> list[MissingFile]:
     """The files `workflow` names that its run would not have.
@@ -157,12 +165,11 @@ def missing_files(workflow: Workflow, code: CodeFiles, brought: Callable[[str], 
     folder); None when that is not known (then anything may come, and nothing is missing).
     `on_disk` tells whether a path is in the project folder.
     """
-    named: Callable[[], list[NamedFile]] | None = getattr(workflow, "named_files", None)
-    if named is None or brought is None:
+    if brought is None:
         return []
     working_dir = workflow.working_dir if workflow.working_dir != "." else None
     found = []
-    for item in named():
+    for item in named_files(workflow):
         if workflow.setup and not item.before_setup:
             continue
         path = _in_project(working_dir, item.value)
@@ -230,7 +237,7 @@ def _scan(project_dir: Path) -> CodeFiles | None:
 def check_workflow_files(project_dir: Path, workflows: Workflows) -> None:
     """Refuse (`SpecError`, one line per file with its workflow file and line) the files the
     project's workflows name that their runs would not have."""
-    if not any(hasattr(wf, "named_files") for wf in workflows.values()):
+    if not any(named_files(wf) for wf in workflows.values()):
         return
     code = _scan(project_dir)
     if code is None:

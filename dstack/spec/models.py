@@ -4,8 +4,8 @@ A workflow is one flat mapping: these common fields plus its provider's `Params`
 `workflow_model(provider)` combines the two into one model (so `wf.file`, `wf.resources` and
 `wf.depends_on` are all attributes); `workflow_file_schema()` is the JSON Schema of
 `.dstack/workflows.yaml`. The field types (`Count`, `Size`, `Args`, ...) are in
-`dstack.spec.fields` and re-exported here. Reporting problems with file, line and field is
-`dstack.spec.loader`'s job (`load_workflows`, `validate_workflow`, re-exported here).
+`dstack.spec.fields`. Reporting problems with file, line and field is the job of
+`dstack.spec.loader` (`load_workflows`) and `dstack.spec.validation` (`validate_workflow`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import GenericAlias
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
@@ -29,7 +30,6 @@ from pydantic import (
     create_model,
 )
 
-from dstack.spec.fields import Args as Args
 from dstack.spec.fields import (
     Count,
     Environment,
@@ -39,8 +39,6 @@ from dstack.spec.fields import (
     interpolate,
     relative_path,
 )
-from dstack.spec.fields import Scalar as Scalar
-from dstack.spec.fields import Version as Version
 from dstack.spec.registry import PROVIDERS, provider_params
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -127,7 +125,9 @@ class ArtifactSpec(SpecModel):
         description="Folder relative to the working directory, e.g. `checkpoint`."
     )
     mount: bool = Field(
-        False, description="Mount the store at the path so files are saved as they are written."
+        False, description="Kept for workflow files that have it; changes nothing: every "
+        "artifact is saved as it is written (changed files are uploaded while the job runs, "
+        "and once more at its end)."
     )
 
 
@@ -235,31 +235,21 @@ class Workflow(SpecModel):
         return merged
 
 
-def effective_env(workflow: Workflow, outer: Mapping[str, str]) -> dict[str, str]:
-    """The job's environment variables; see `Workflow.effective_env`."""
-    return workflow.effective_env(outer)
-
-
-def validate_workflow(data: Mapping[str, Any], *, origin: str = "<command line>") -> Workflow:
-    """The workflow `data` describes, or one `SpecError`; see `dstack.spec.loader`."""
-    from dstack.spec.loader import validate_workflow as validate  # it imports this module
-
-    return validate(data, origin=origin)
-
-
 @functools.cache
 def workflow_model(provider: str) -> type[Workflow]:
-    """The model of a `provider` workflow: `Workflow` fields plus the provider's `Params`."""
+    """The model of a `provider` workflow: `Workflow` fields plus the provider's own (its
+    `dstack.spec.provider.Provider` model), so an instance is both."""
     params = provider_params(provider)
     clash = set(params.model_fields) & set(Workflow.model_fields)
     if clash:
         raise TypeError(f"{params.__qualname__} redefines common fields: {sorted(clash)}")
+    tag: Any = Literal[provider]  # a type made at run time, which mypy cannot name
     model = create_model(
         f"{provider.capitalize()}Workflow",
         __base__=(params, Workflow),  # common fields first in the schema
         __module__=__name__,
         __doc__=f"A workflow run by the {provider} provider.",
-        provider=(Literal[provider], Field(description="The provider that runs the job.")),
+        provider=(tag, Field(description="The provider that runs the job.")),
     )
     return cast("type[Workflow]", model)
 
@@ -267,13 +257,15 @@ def workflow_model(provider: str) -> type[Workflow]:
 def workflow_file_schema() -> dict[str, Any]:
     """JSON Schema of a workflow file: `{workflows: [one of the provider workflows]}`."""
     models = [workflow_model(name) for name in PROVIDERS]
-    item = Annotated[functools.reduce(operator.or_, models), Field(discriminator="provider")]
+    # Types made at run time, which mypy cannot name: one of the models, told by `provider`.
+    item: Any = Annotated[functools.reduce(operator.or_, models), Field(discriminator="provider")]
+    workflows: Any = GenericAlias(list, item)
     file_model = create_model(
         "WorkflowFile",
         __base__=SpecModel,
         __module__=__name__,
         __doc__="A dstack workflow file, `.dstack/workflows.yaml`.",
-        workflows=(list[item], Field(description="The workflows, each a provider's fields.")),
+        workflows=(workflows, Field(description="The workflows, each a provider's fields.")),
     )
     schema = file_model.model_json_schema(by_alias=True)
     for model in models:  # `name` may be left out on the command line, but not in a file

@@ -43,6 +43,14 @@ class Problem:
             f"{where}: {field_path}: {self.message}" if field_path else f"{where}: {self.message}"
         )
 
+    @classmethod
+    def at(cls, origin: str, locate: Locate | None, path: FieldPath, message: str,
+           key: bool = False) -> Problem:
+        """A problem with the field at `path`, at its line and column when `locate` knows
+        them (`key`: the position of the key itself, not of its value)."""
+        position = locate(path, key) if locate else None
+        return cls(origin, path, message, *(position or (None, None)))
+
 
 def spec_error(problems: Sequence[Problem], hint: str | None = SCHEMA_HINT) -> SpecError:
     """One `SpecError` listing `problems`, one a line, the first one first."""

@@ -2,17 +2,19 @@
 
 The core never imports `dstack.providers` statically: `PROVIDERS` maps the provider's name
 (the same string in YAML, on the command line and in code) to `"module:attribute"` of its
-parameters model.
+parameters model, a `dstack.spec.provider.Provider`.
 """
 
 from __future__ import annotations
 
-import importlib
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING
 
 from dstack.errors import UsageError
+from dstack.lazy import load_class
 from dstack.names import did_you_mean
+
+if TYPE_CHECKING:
+    from dstack.spec.provider import Provider
 
 PROVIDERS: dict[str, str] = {
     "python": "dstack.providers.python:Params",
@@ -39,13 +41,11 @@ def providers_hint() -> str:
     return "Providers: " + ", ".join(PROVIDERS) + "."
 
 
-def provider_params(name: str) -> type[BaseModel]:
+def provider_params(name: str) -> type[Provider]:
     """The parameters model of provider `name`; `UsageError` with "did you mean" if unknown."""
+    from dstack.spec.provider import Provider  # it imports dstack.spec.models, which imports us
+
     target = PROVIDERS.get(name)
     if target is None:
         raise UsageError(unknown_provider_message(name), providers_hint())
-    module_name, _, attribute = target.partition(":")
-    model = getattr(importlib.import_module(module_name), attribute)
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        raise TypeError(f"{target} is not a pydantic model")
-    return model
+    return load_class(target, Provider)  # type: ignore[type-abstract]  # issubclass only

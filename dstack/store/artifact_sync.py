@@ -12,13 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dstack.store.base import Store
+from dstack.store.keys import artifact_prefix
 
 UPLOAD_THREADS = 8
-
-
-def artifact_prefix(run: str) -> str:
-    """Store prefix of a run's artifacts."""
-    return f"runs/{run}/artifacts/"
 
 
 def _walk_files(root: Path, rel: str) -> list[tuple[str, Path, os.stat_result]]:

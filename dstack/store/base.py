@@ -1,21 +1,23 @@
 """Artifact and metadata stores: the same keys on a local folder, S3 and GCS.
 
 Layout (DESIGN.md): `runs/<run>/run.json`, `runs/<run>/logs/…`, `runs/<run>/artifacts/<path>`,
-`tags/<tag>.json`, `code/<hash>.tar.gz`. Keys are `/`-separated relative paths. Writes are
-atomic: a reader sees the old object or the new one, never half of one.
+`tags/<tag>.json`, `code/<hash>.tar.gz`, each spelled by `dstack.store.keys`. Keys are
+`/`-separated relative paths. Writes are atomic: a reader sees the old object or the new one,
+never half of one.
 """
 
 from __future__ import annotations
 
-import importlib
+import builtins
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from dstack.errors import StoreError, UsageError
+from dstack.lazy import load_class
 
 JsonDoc = dict[str, Any]
 
@@ -32,6 +34,12 @@ class Store(ABC):
     """Objects under string keys, plus JSON helpers shared by every store."""
 
     url: str
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        """The store at `url` (a URL of the scheme `STORES` registers the class for); a store
+        that is not registered there is not opened from a URL."""
+        raise UsageError(f"a {cls.__name__} is not opened from a URL ({url})")
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -66,7 +74,7 @@ class Store(ABC):
         """Every key under `prefix` with a token that changes whenever its object does."""
 
     @abstractmethod
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
         """The names one level below `prefix` (like `ls`), sorted."""
 
     @abstractmethod
@@ -148,10 +156,5 @@ def open_store(url: str) -> Store:
     if target is None:
         raise UsageError(f"unsupported store URL {url!r}",
                          f"Supported schemes: {', '.join(s + '://' for s in STORES)}.")
-    module_name, cls_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    if parsed.scheme == "file":
-        store: Store = cls(Path(unquote(parsed.path)))
-        return store
-    store = cls.from_url(url)
-    return store
+    return load_class(target, Store).from_url(url)  # type: ignore[type-abstract]
+    # (mypy refuses an abstract class for type[T]; load_class only checks issubclass)

@@ -15,9 +15,9 @@ retrying when another writer got there first.
 
 from __future__ import annotations
 
+import builtins
 import os
 import random
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +34,7 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from dstack.errors import NotFoundError, StoreError, UsageError
+from dstack.files import replacing
 from dstack.store.base import JsonDoc, Store, check_key, dump_json_doc, load_json_doc
 
 CHUNK_SIZE = 16 * 1024 * 1024  # resumable upload chunk (a multiple of 256 KiB)
@@ -143,14 +144,9 @@ class GCSStore(Store):
 
     def get_file(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-        try:
-            with self._errors(key, "download"):
-                self._blob(key).download_to_filename(str(tmp), checksum=CHECKSUM,
-                                                     retry=DEFAULT_RETRY)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replacing(path) as tmp, self._errors(key, "download"):
+            self._blob(key).download_to_filename(str(tmp), checksum=CHECKSUM,
+                                                 retry=DEFAULT_RETRY)
 
     def create_bytes(self, key: str, data: bytes) -> bool:
         """Upload with `if_generation_match=0`. A retried request whose first try landed
@@ -174,8 +170,9 @@ class GCSStore(Store):
 
     def _blobs(self, prefix: str, **kwargs: Any) -> Iterator[Any]:
         """The page iterator of a listing (it pages through every result)."""
-        return self.client.list_blobs(self.bucket, prefix=self.prefix + _prefix(prefix),
-                                      retry=DEFAULT_RETRY, **kwargs)
+        blobs: Iterator[Any] = self.client.list_blobs(
+            self.bucket, prefix=self.prefix + _prefix(prefix), retry=DEFAULT_RETRY, **kwargs)
+        return blobs
 
     def list(self, prefix: str) -> list[str]:
         cut = len(self.prefix)
@@ -193,7 +190,7 @@ class GCSStore(Store):
             return {b.name[cut:]: b.updated.timestamp() for b in self._blobs(prefix)
                     if b.updated is not None}
 
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
         cut = len(self.prefix + _prefix(prefix))
         with self._errors(prefix, "listing"):
             pages: Any = self._blobs(prefix, delimiter="/")

@@ -20,6 +20,7 @@ from typing import Literal
 
 from dstack.errors import NotFoundError, StoreError
 from dstack.store.base import Store
+from dstack.store.keys import LOG_SUFFIX, log_chunk_key, log_prefix
 from dstack.store.secrets import mask
 
 Stream = Literal["out", "err", "dstack"]
@@ -32,11 +33,6 @@ WriteLog = Callable[[Stream, bytes], None]
 _MARK = b"\x1e"
 _LETTER: dict[Stream, bytes] = {"out": b"o", "err": b"e", "dstack": b"d"}
 _STREAM: dict[bytes, Stream] = {v: k for k, v in _LETTER.items()}
-
-
-def log_prefix(run: str) -> str:
-    """Store prefix of a run's log chunks."""
-    return f"runs/{run}/logs/"
 
 
 def encode_records(records: list[LogRecord]) -> bytes:
@@ -78,7 +74,7 @@ def merge_records(records: list[LogRecord]) -> list[LogRecord]:
 
 def read_log_records(store: Store, run: str, start: int = 0) -> tuple[list[LogRecord], int]:
     """Log records of `run` from chunk `start` on, and the index of the next chunk."""
-    keys = [k for k in store.list(log_prefix(run)) if k.endswith(".log")]
+    keys = [k for k in store.list(log_prefix(run)) if k.endswith(LOG_SUFFIX)]
     records: list[LogRecord] = []
     n = start
     for key in keys[start:]:
@@ -107,13 +103,13 @@ class LogShipper:
     def __init__(self, store: Store, run: str, local_copy: Path | None = None,
                  eager_s: float | None = None) -> None:
         self.store = store
-        self.prefix = log_prefix(run)
+        self.run = run
         self.local_copy = local_copy
         self.eager_s = eager_s
         self._records: list[LogRecord] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._seq = len(store.list(self.prefix))
+        self._seq = len(store.list(log_prefix(run)))
         self._last_ship: float | None = None  # never shipped (monotonic time counts from boot)
         self._hidden: list[bytes] = []
         self._copy_mid_line = False
@@ -154,8 +150,7 @@ class LogShipper:
             if not records:
                 return
             try:
-                self.store.put_bytes(f"{self.prefix}{self._seq:08d}.log",
-                                     encode_records(records))
+                self.store.put_bytes(log_chunk_key(self.run, self._seq), encode_records(records))
             except StoreError:
                 with self._lock:
                     self._records[:0] = records

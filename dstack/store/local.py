@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import builtins
 import errno
 import fcntl
 import os
-import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from dstack.errors import NotFoundError, StoreError
+from dstack.files import create_whole, replacing
 from dstack.store.base import JsonDoc, Store, check_key
 
 
 class LocalStore(Store):
     """A store in a folder on this machine (the local backend's)."""
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalStore:
+        """`file:///path/to/folder`."""
+        return cls(Path(unquote(urlparse(url).path)))
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -37,19 +44,12 @@ class LocalStore(Store):
     def _writing(self, key: str) -> Iterator[Path]:
         """A temp path beside `key`'s file; renamed over it when the block succeeds."""
         path = self._path(key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             self._folder(path)
-            yield tmp
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                yield tmp
         except OSError as exc:
-            with suppress(OSError):  # e.g. ENOTDIR: there is no folder to leave it in
-                tmp.unlink(missing_ok=True)
             raise _store_error(exc, key) from exc
-        except BaseException:
-            with suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._writing(key) as tmp:
@@ -74,25 +74,13 @@ class LocalStore(Store):
         if not src.is_file():
             raise NotFoundError(f"{key} is not in the store {self.url}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-        try:
+        with replacing(path) as tmp:
             shutil.copyfile(src, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def create_bytes(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        tmp.write_bytes(data)
-        try:
-            os.link(tmp, path)  # atomic create-if-absent, and the file appears whole
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
+        return create_whole(path, data)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -134,7 +122,7 @@ class LocalStore(Store):
                 out[key] = e.stat().st_mtime
         return dict(sorted(out.items()))
 
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
         base = self.root / prefix if prefix else self.root
         try:
             return sorted(e.name for e in os.scandir(base) if not e.name.startswith("."))

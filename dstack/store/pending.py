@@ -8,6 +8,7 @@ brought the workspace up first (`Context.ensure_workspace`), and says so.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,7 +53,7 @@ class PendingStore(Store):
     def list_versions(self, prefix: str) -> dict[str, str]:
         return {}
 
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
         return []
 
     def delete(self, key: str) -> None:

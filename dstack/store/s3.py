@@ -16,11 +16,11 @@ NOT atomic (two racing writers can both win); a warning is logged once per store
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import os
 import random
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +35,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from dstack.errors import NotFoundError, StoreError, UsageError
+from dstack.files import replacing
 from dstack.store.base import JsonDoc, Store, check_key, dump_json_doc, load_json_doc
 
 log = logging.getLogger(__name__)
@@ -238,25 +239,20 @@ class S3Store(Store):
 
     def get_file(self, key: str, path: Path) -> None:
         full = self._key(key)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-        try:
-            with self._errors(key, "download"):
-                for _attempt in range(3):
-                    head = self.client.head_object(Bucket=self.bucket, Key=full)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    self.client.download_file(self.bucket, full, str(tmp), Config=self.transfer)
-                    expected = head.get("Metadata", {}).get(SHA_FIELD)
-                    if not expected or _sha256_file(tmp) == expected:
-                        os.replace(tmp, path)
-                        return
-                    again = self.client.head_object(Bucket=self.bucket, Key=full)
-                    if again["ETag"] == head["ETag"]:
-                        raise self._corrupt(key)
-                    # replaced while we downloaded: fetch the new object
-                raise StoreError(f"{self._where(key)} kept changing while it was downloaded",
-                                 "Try again once its writer has finished.")
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replacing(path) as tmp, self._errors(key, "download"):
+            for _attempt in range(3):
+                head = self.client.head_object(Bucket=self.bucket, Key=full)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.client.download_file(self.bucket, full, str(tmp), Config=self.transfer)
+                expected = head.get("Metadata", {}).get(SHA_FIELD)
+                if not expected or _sha256_file(tmp) == expected:
+                    return  # `replacing` renames it into place
+                again = self.client.head_object(Bucket=self.bucket, Key=full)
+                if again["ETag"] == head["ETag"]:
+                    raise self._corrupt(key)
+                # replaced while we downloaded: fetch the new object
+            raise StoreError(f"{self._where(key)} kept changing while it was downloaded",
+                             "Try again once its writer has finished.")
 
     def create_bytes(self, key: str, data: bytes) -> bool:
         """Conditional PUT. A retried request whose first try landed reports False."""
@@ -300,7 +296,7 @@ class S3Store(Store):
         return {obj["Key"][cut:]: obj["LastModified"].timestamp() for page in self._pages(prefix)
                 for obj in page.get("Contents", [])}
 
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
         cut = len(self._list_prefix(prefix))
         names: set[str] = set()
         for page in self._pages(prefix, Delimiter="/"):

@@ -16,9 +16,9 @@ import re
 from dstack.errors import NotFoundError, StoreError, UsageError
 from dstack.names import did_you_mean
 from dstack.store.base import Store
+from dstack.store.keys import SECRETS, run_env_key, secret_key
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-PREFIX = "secrets/"
 RUN_ENV_VERSION = 1
 MIN_MASKED = 4
 """Values of an env file shorter than this are not masked in logs: masking `1` would mask
@@ -36,12 +36,12 @@ def add_secret(store: Store, name: str, value: str) -> None:
     """Store a secret (replacing one of the same name)."""
     if not value:
         raise UsageError(f"the value of secret {name} is empty")
-    store.put_bytes(PREFIX + _check(name), value.encode())
+    store.put_bytes(secret_key(_check(name)), value.encode())
 
 
 def list_secrets(store: Store) -> list[str]:
     """Names of the profile's secrets."""
-    return [k[len(PREFIX):] for k in store.list(PREFIX)]
+    return [k[len(SECRETS):] for k in store.list(SECRETS)]
 
 
 def delete_secret(store: Store, name: str) -> None:
@@ -50,12 +50,12 @@ def delete_secret(store: Store, name: str) -> None:
     if _check(name) not in names:
         raise NotFoundError(f"no secret named {name!r}",
                             did_you_mean(name, names) or "`dstack secrets list` shows them.")
-    store.delete(PREFIX + name)
+    store.delete(secret_key(name))
 
 
 def load_secrets(store: Store) -> dict[str, str]:
     """Every secret of the profile, for the runner."""
-    return {name: store.get_bytes(PREFIX + name).decode() for name in list_secrets(store)}
+    return {name: store.get_bytes(secret_key(name)).decode() for name in list_secrets(store)}
 
 
 def mask(data: bytes, values: list[bytes]) -> bytes:
@@ -64,11 +64,6 @@ def mask(data: bytes, values: list[bytes]) -> bytes:
         if value:
             data = data.replace(value, b"***")
     return data
-
-
-def run_env_key(run: str) -> str:
-    """Store key of the values of a run's `--env-file` variables."""
-    return f"runs/{run}/env.json"
 
 
 def put_run_env(store: Store, run: str, env: dict[str, str]) -> None:

@@ -106,7 +106,7 @@ def test_env_file_values_are_hidden_in_the_dry_run(dstack: Dstack) -> None:
 
 
 def test_a_bad_env_file_is_a_usage_error_naming_the_file_and_line(dstack: Dstack) -> None:
-    (dstack.run.project / "bad.env").write_text(f"# ok\nA=1\n{SECRET}\n")
+    (dstack.project / "bad.env").write_text(f"# ok\nA=1\n{SECRET}\n")
     proc = dstack("run", "show", "--env-file", "bad.env", "--dry-run", expect=2)
     assert proc.stderr.startswith("error: bad.env:3: expected KEY=VALUE\n"), proc.stderr
     assert SECRET not in proc.stderr and proc.stdout == ""

@@ -114,10 +114,10 @@ def test_a_missing_file_is_refused_before_anything_is_created(tmp_path: Path) ->
 
 
 def test_a_file_a_dependency_brings_or_a_module_is_not_refused(dstack: Dstack) -> None:
-    (dstack.run.project / "data").mkdir()
-    (dstack.run.project / "data" / "gen.py").write_text("print('gen')\n")
+    (dstack.project / "data").mkdir()
+    (dstack.project / "data" / "gen.py").write_text("print('gen')\n")
     dstack("tags", "add", "v1", "--artifact", "data")
-    (dstack.run.project / "data" / "gen.py").unlink()
+    (dstack.project / "data" / "gen.py").unlink()
     [upload] = dstack.run_names()
     err = _refused(dstack, "run", "python", "data/gen.py")
     assert '"data/gen.py" does not exist in the project folder' in err

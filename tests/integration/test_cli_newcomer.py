@@ -204,7 +204,7 @@ def test_the_code_provider_offline_fails_at_once_saying_what_it_needs(
 
 def _secrets_add(dstack: Dstack, name: str, stdin: str,
                  *flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(dstack.argv("secrets", "add", name, *flags), cwd=dstack.run.project,
+    return subprocess.run(dstack.argv("secrets", "add", name, *flags), cwd=dstack.project,
                           env=dstack.env(), input=stdin, capture_output=True, text=True,
                           timeout=120)
 

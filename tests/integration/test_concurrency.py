@@ -56,7 +56,7 @@ def dstack(module_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Dstac
 
 
 def _start(dstack: Dstack, args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(dstack.argv(*args), cwd=dstack.run.project, env=dstack.env(),
+    return subprocess.Popen(dstack.argv(*args), cwd=dstack.project, env=dstack.env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

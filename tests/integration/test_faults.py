@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from dstack.procs import process_alive
 from dstack.store.job_log import read_log_text
 from dstack.store.local import LocalStore
 
@@ -114,10 +115,7 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return process_alive(pid, None)
 
 
 def _engines(home: Path) -> list[tuple[int, list[str]]]:

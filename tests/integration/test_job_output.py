@@ -67,7 +67,7 @@ def _run_into_one_file(dstack: Dstack, out: Path, *args: str) -> int:
     """`dstack ARGS` with stdout and stderr into one file, as `> out 2>&1` does."""
     HOMES_IN_TEST.add(dstack.home)
     with open(out, "wb") as f:
-        return subprocess.run(dstack.argv(*args), cwd=dstack.run.project, env=dstack.env(),
+        return subprocess.run(dstack.argv(*args), cwd=dstack.project, env=dstack.env(),
                               stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                               timeout=120).returncode
 

@@ -26,6 +26,7 @@ import pytest
 
 from dstack.stacks.aws_programs import AwsRun, AwsWorkspace, run_program, workspace_program
 from dstack.stacks.engine import Engine
+from tests.integration import stack_state
 from tests.integration.harness import poll
 from tests.integration.servers import Server, env_patch, moto_server  # noqa: F401 - fixtures
 from tests.standins import addresses, aws, instance
@@ -141,9 +142,8 @@ def _refresh(engine: Engine, stack: str, program: Callable[[], None],
              expect_no_changes: bool = False) -> list[str]:
     """`pulumi refresh` (dstack never runs one; it is how the engine calls the plugin's Read);
     the types of the resources the stack holds afterwards."""
-    engine._stack(stack, program, create=False).refresh(
-        color="never", suppress_progress=True, expect_no_changes=expect_no_changes)
-    return [r["type"] for r in engine.resources(stack)]
+    stack_state.refresh(engine, stack, program, expect_no_changes=expect_no_changes)
+    return [r["type"] for r in stack_state.resources(engine, stack)]
 
 
 # -- the workspace -------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from dstack.stacks.gcp_programs import (
     run_program,
     workspace_program,
 )
+from tests.integration import stack_state
 from tests.integration.harness import poll
 from tests.integration.servers import ROOT, Server, env_patch, gcs_emulator  # noqa: F401
 from tests.standins import gcp, instance
@@ -169,7 +170,7 @@ def test_workspace_is_a_bucket_an_account_its_grant_and_a_network(
     assert kept["uniformBucketLevelAccess"] is True
     assert kept["publicAccessPrevention"] == "enforced"
     assert kept["lifecycleRules"][0]["action"] == {"type": "Delete"}
-    [state] = [r["outputs"] for r in engine.resources("workspace-p1")
+    [state] = [r["outputs"] for r in stack_state.resources(engine, "workspace-p1")
                if r["type"] == "gcp:storage/bucket:Bucket"]
     assert state["versioning"] == {"enabled": True}
     assert state["url"] == f"gs://{bucket}"
@@ -352,11 +353,11 @@ def _get(url: str) -> str | None:
 
 def _refresh(engine: Engine, stack: str) -> None:
     """`pulumi refresh` of the stack: the provider's Read of each resource."""
-    engine._stack(stack, None, create=False).refresh(color="never", suppress_progress=True)
+    stack_state.refresh(engine, stack)
 
 
 def _state_vm(engine: Engine, stack: str) -> dict[str, Any] | None:
-    found = [r["outputs"] for r in engine.resources(stack)
+    found = [r["outputs"] for r in stack_state.resources(engine, stack)
              if r["type"] == "gcp:compute/instance:Instance"]
     return found[0] if found else None
 

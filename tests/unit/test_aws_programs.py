@@ -16,11 +16,11 @@ import pytest
 from dstack.catalogue.offers import NoOfferError, choose_offer
 from dstack.config.backends import BACKENDS, ResourceChange, load_backend
 from dstack.config.profiles import Profile
-from dstack.errors import BackendError, NotFoundError, UsageError
+from dstack.errors import BackendError, UsageError
 from dstack.run.job import Job
 from dstack.run.record import RunRecord
 from dstack.spec.models import Resources
-from dstack.stacks import cloud
+from dstack.stacks import caller
 from dstack.stacks.aws import AwsBackend
 from dstack.stacks.aws_programs import (
     CPU_AMI_NAME,
@@ -32,6 +32,9 @@ from dstack.stacks.aws_programs import (
     run_program,
     workspace_program,
 )
+from dstack.stacks.wheel import WHEEL_ENV
+
+from . import pulumi_mocks as mocks
 
 CALLER = "203.0.113.7/32"
 SECRET = "wJalrXUtnFEMI-planted-secret-K7MDENG"
@@ -39,16 +42,11 @@ AMI_ROOT_GIB = 75
 WORLD = {"0.0.0.0/0", "::/0"}
 
 
-class Recorder(pulumi.runtime.Mocks):
-    """Records every resource and lookup; answers lookups like AWS would."""
+class Recorder(mocks.Recorder):
+    """Answers like AWS would."""
 
-    def __init__(self) -> None:
-        self.resources: list[pulumi.runtime.MockResourceArgs] = []
-        self.calls: list[pulumi.runtime.MockCallArgs] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        self.resources.append(args)
-        state = dict(args.inputs)
+    def state(self, args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
+        state: dict[str, Any] = {}
         if args.typ == "aws:s3/bucket:Bucket":
             name = args.inputs.get("bucket") or f"{args.name}-1a2b3c4"
             state.update(bucket=name, arn=f"arn:aws:s3:::{name}")
@@ -56,10 +54,9 @@ class Recorder(pulumi.runtime.Mocks):
             state["name"] = f"{args.name}-5d6e7f8"
         if args.typ == "aws:ec2/instance:Instance":
             state.update(publicIp="198.51.100.7", availabilityZone="us-east-1a")
-        return f"{args.name}-id", state
+        return state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
-        self.calls.append(args)
+    def answer(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": "ami-0dl", "rootDeviceName": "/dev/sda1", "blockDeviceMappings": [
                 {"deviceName": "/dev/sda1", "ebs": {"volume_size": str(AMI_ROOT_GIB)}}]}
@@ -71,24 +68,10 @@ class Recorder(pulumi.runtime.Mocks):
             return {"ids": ["subnet-b", "subnet-a"]}
         return {}
 
-    def of_type(self, typ: str) -> list[dict[str, Any]]:
-        return [r.inputs for r in self.resources if r.typ == typ]
-
-    def one(self, typ: str) -> dict[str, Any]:
-        (found,) = self.of_type(typ)
-        return found
-
-    def call_args(self, token: str) -> dict[str, Any]:
-        (found,) = [c.args for c in self.calls if c.token == token]
-        return found
-
 
 def run_under_mocks(program: Callable[[], None]) -> Recorder:
     """Run a program to completion under fresh mocks; return what it declared."""
-    recorder = Recorder()
-    pulumi.runtime.set_mocks(recorder, project="dstack", stack="test", preview=False)
-    pulumi.runtime.test(program)()
-    return recorder
+    return mocks.run_under_mocks(program, Recorder())
 
 
 def make_run(resources: dict[str, Any] | None = None, ports: int = 0, name: str = "wise-cat-1",
@@ -114,13 +97,13 @@ def run_config(**changes: Any) -> AwsRun:
 def wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "dstack-0.1.0-py3-none-any.whl"
     path.write_bytes(b"not really a wheel")
-    monkeypatch.setenv(cloud.WHEEL_ENV, str(path))
+    monkeypatch.setenv(WHEEL_ENV, str(path))
     return path
 
 
 @pytest.fixture
 def backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wheel: Path) -> AwsBackend:
-    monkeypatch.setenv(cloud.CALLER_ENV, CALLER)
+    monkeypatch.setenv(caller.CALLER_ENV, CALLER)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     profile = Profile(name="prod", backend="aws", settings={
         "region": "us-east-1", "aws_profile": "ml", "bucket": "dstack-prod-bucket",
@@ -218,8 +201,8 @@ def test_ingress_only_from_the_caller_on_the_app_ports() -> None:
 
 def test_no_ports_no_ingress_and_no_address_lookup(backend: AwsBackend,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(cloud.CALLER_ENV)
-    monkeypatch.setattr(cloud, "_checkip", _no_network)
+    monkeypatch.delenv(caller.CALLER_ENV)
+    monkeypatch.setattr(caller, "_checkip", _no_network)
     cfg = backend.run_config(make_run(), "", {"instance_profile": "p"})
     assert cfg.caller_cidr is None and cfg.app_ports == ()
     rec = run_under_mocks(lambda: run_program(cfg))
@@ -331,7 +314,7 @@ def test_the_bootstrap_starts_the_runner_and_powers_off(backend: AwsBackend, whe
     assert "--store 's3://dstack-prod-bucket?region=us-east-1'" in script  # no local profile
     assert "shutdown -h now" in script and "shutdown -h +4320" in script
     assert "export DSTACK_APP_PORTS=8000,8001" in script
-    key = backend.wheel().key
+    key = backend.wheel().store_key
     assert key.startswith("wheels/") and key.endswith(f"/{wheel.name}") and key in script
     assert backend.wheel().sha256 in script and "sha256sum -c" in script
     assert SECRET not in script
@@ -358,32 +341,32 @@ def check_shell(script: str) -> None:
 
 
 def test_the_callers_address(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(cloud.CALLER_ENV, raising=False)
+    monkeypatch.delenv(caller.CALLER_ENV, raising=False)
     profile = Profile(name="p", backend="aws", settings={})
-    assert cloud.caller_cidr(profile, fetch=lambda: "198.51.100.9\n") == "198.51.100.9/32"
-    assert cloud.caller_cidr(profile, fetch=lambda: "2001:db8::1") == "2001:db8::1/128"
+    assert caller.caller_cidr(profile, fetch=lambda: "198.51.100.9\n") == "198.51.100.9/32"
+    assert caller.caller_cidr(profile, fetch=lambda: "2001:db8::1") == "2001:db8::1/128"
     profile.settings["caller_cidr"] = "192.0.2.0/24"
-    assert cloud.caller_cidr(profile, fetch=_no_network) == "192.0.2.0/24"
-    monkeypatch.setenv(cloud.CALLER_ENV, "192.0.2.5")
-    assert cloud.caller_cidr(profile, fetch=_no_network) == "192.0.2.5/32"
+    assert caller.caller_cidr(profile, fetch=_no_network) == "192.0.2.0/24"
+    monkeypatch.setenv(caller.CALLER_ENV, "192.0.2.5")
+    assert caller.caller_cidr(profile, fetch=_no_network) == "192.0.2.5/32"
     for world in ("0.0.0.0/0", "::/0"):
-        monkeypatch.setenv(cloud.CALLER_ENV, world)
+        monkeypatch.setenv(caller.CALLER_ENV, world)
         with pytest.raises(UsageError):
-            cloud.caller_cidr(profile)
-    monkeypatch.delenv(cloud.CALLER_ENV)
+            caller.caller_cidr(profile)
+    monkeypatch.delenv(caller.CALLER_ENV)
     profile.settings.clear()
 
     def offline() -> str:
         raise OSError("timed out")
 
-    with pytest.raises(BackendError, match=cloud.CALLER_ENV):
-        cloud.caller_cidr(profile, fetch=offline)
+    with pytest.raises(BackendError, match=caller.CALLER_ENV):
+        caller.caller_cidr(profile, fetch=offline)
 
 
 def test_the_plan_lists_every_resource_without_engine_or_network(
         backend: AwsBackend, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(cloud.CALLER_ENV)
-    monkeypatch.setattr(cloud, "_checkip", _no_network)
+    monkeypatch.delenv(caller.CALLER_ENV)
+    monkeypatch.setattr(caller, "_checkip", _no_network)
     monkeypatch.setattr(backend, "engine", None)
     plan = backend.plan_resources(make_run({"gpu": 1, "interruptible": True}, ports=1).job)
     types = [p["type"] for p in plan]
@@ -396,39 +379,25 @@ def test_the_plan_lists_every_resource_without_engine_or_network(
     assert all(isinstance(v, str) for p in plan for v in p.values())
 
 
-class FakeEngine:
-    """Runs each program under the mocks instead of the engine; remembers what it did."""
-
-    def __init__(self) -> None:
-        self.ups: list[str] = []
-        self.recorders: dict[str, Recorder] = {}
-
-    def up(self, name: str, program: Callable[[], None]
-           ) -> tuple[dict[str, Any], list[ResourceChange]]:
-        self.ups.append(name)
-        self.recorders[name] = run_under_mocks(program)
-        if name.startswith("workspace-"):
-            return {"bucket": "dstack-prod-bucket", "instance_profile": "runner-5d6e7f8"}, []
-        return ({"instance_id": "i-0abc", "public_ip": "198.51.100.7",
-                 "availability_zone": "us-east-1a"},
-                [ResourceChange("create", "aws:ec2/instance:Instance", "instance")])
-
-    def destroy(self, name: str, program: Callable[[], None],
-                missing_ok: bool = False) -> list[ResourceChange]:
-        if missing_ok:  # as the real engine: a stack never created is already destroyed
-            return []
-        raise NotFoundError(f"no stack named {name}")
+def fake_engine() -> mocks.FakeEngine[Recorder]:
+    """An engine that runs programs under the AWS mocks, with AWS's outputs."""
+    return mocks.FakeEngine(
+        Recorder,
+        workspace={"bucket": "dstack-prod-bucket", "instance_profile": "runner-5d6e7f8"},
+        run={"instance_id": "i-0abc", "public_ip": "198.51.100.7",
+             "availability_zone": "us-east-1a"},
+        created=ResourceChange("create", "aws:ec2/instance:Instance", "instance"))
 
 
 def test_provision_brings_up_workspace_once_then_the_run(backend: AwsBackend) -> None:
-    engine = FakeEngine()
+    engine = fake_engine()
     uploaded: list[str] = []
     backend.engine = engine  # type: ignore[assignment]
     backend._put = lambda key, path: uploaded.append(key)  # type: ignore[method-assign]
     run = make_run({"gpu": 1}, ports=1)
     changes, instance = backend.provision(run, backend.bootstrap(run))
     assert engine.ups == ["workspace-prod", "run-wise-cat-1"]
-    assert uploaded == [backend.wheel().key]
+    assert uploaded == [backend.wheel().store_key]
     assert instance["id"] == "i-0abc" and instance["public_ip"] == "198.51.100.7"
     assert instance["spot"] is False and instance["price_per_hour"] == backend.offer(run.job).price
     assert changes[0].type == "aws:ec2/instance:Instance"

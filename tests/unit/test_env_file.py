@@ -11,7 +11,7 @@ import pytest
 from dstack.errors import UsageError
 from dstack.run.submit import make_job
 from dstack.spec.env_file import parse_env_file, read_env_files
-from dstack.spec.models import validate_workflow
+from dstack.spec.validation import validate_workflow
 
 SECRET = "hunter2-Zq8"
 

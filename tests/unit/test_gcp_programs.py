@@ -16,11 +16,10 @@ import pytest
 from dstack.catalogue.offers import NoOfferError, choose_offer
 from dstack.config.backends import BACKENDS, ResourceChange, load_backend
 from dstack.config.profiles import Profile
-from dstack.errors import NotFoundError
 from dstack.run.job import Job
 from dstack.run.record import RunRecord
 from dstack.spec.models import Resources
-from dstack.stacks import cloud
+from dstack.stacks import caller
 from dstack.stacks.gcp import GcpBackend
 from dstack.stacks.gcp_programs import (
     CPU_IMAGE,
@@ -33,6 +32,9 @@ from dstack.stacks.gcp_programs import (
     run_program,
     workspace_program,
 )
+from dstack.stacks.wheel import WHEEL_ENV
+
+from . import pulumi_mocks as mocks
 
 CALLER = "203.0.113.7/32"
 SECRET = "ya29.planted-secret-token-do-not-leak"
@@ -40,15 +42,11 @@ WORLD = {"0.0.0.0/0", "::/0"}
 SA = "dstack-prod@my-proj.iam.gserviceaccount.com"
 
 
-class Recorder(pulumi.runtime.Mocks):
-    """Records every resource; answers with the state GCP would give."""
+class Recorder(mocks.Recorder):
+    """Answers with the state GCP would give."""
 
-    def __init__(self) -> None:
-        self.resources: list[pulumi.runtime.MockResourceArgs] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        self.resources.append(args)
-        state = dict(args.inputs)
+    def state(self, args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
+        state: dict[str, Any] = {}
         if args.typ == "gcp:storage/bucket:Bucket":
             state["name"] = args.inputs.get("name") or f"{args.name}-1a2b3c4"
         if args.typ == "gcp:serviceaccount/account:Account":
@@ -59,25 +57,12 @@ class Recorder(pulumi.runtime.Mocks):
             state["instanceId"] = "1234567890"
             state["networkInterfaces"] = [{**nic, "accessConfigs": [{"natIp": "198.51.100.8"}]}
                                           for nic in args.inputs.get("networkInterfaces", [])]
-        return f"{args.name}-id", state
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
-        return {}
-
-    def of_type(self, typ: str) -> list[dict[str, Any]]:
-        return [r.inputs for r in self.resources if r.typ == typ]
-
-    def one(self, typ: str) -> dict[str, Any]:
-        (found,) = self.of_type(typ)
-        return found
+        return state
 
 
 def run_under_mocks(program: Callable[[], None]) -> Recorder:
     """Run a program to completion under fresh mocks; return what it declared."""
-    recorder = Recorder()
-    pulumi.runtime.set_mocks(recorder, project="dstack", stack="test", preview=False)
-    pulumi.runtime.test(program)()
-    return recorder
+    return mocks.run_under_mocks(program, Recorder())
 
 
 def make_run(resources: dict[str, Any] | None = None, ports: int = 0, name: str = "wise-cat-1",
@@ -104,13 +89,13 @@ def run_config(**changes: Any) -> GcpRun:
 def wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "dstack-0.1.0-py3-none-any.whl"
     path.write_bytes(b"not really a wheel")
-    monkeypatch.setenv(cloud.WHEEL_ENV, str(path))
+    monkeypatch.setenv(WHEEL_ENV, str(path))
     return path
 
 
 @pytest.fixture
 def backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wheel: Path) -> GcpBackend:
-    monkeypatch.setenv(cloud.CALLER_ENV, CALLER)
+    monkeypatch.setenv(caller.CALLER_ENV, CALLER)
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", SECRET)
     profile = Profile(name="prod", backend="gcp", settings={
         "project": "my-proj", "zone": "us-central1-a", "region": "us-central1",
@@ -213,8 +198,8 @@ def test_the_firewall_opens_the_app_ports_to_the_caller_only() -> None:
 
 def test_no_ports_no_firewall_and_no_address_lookup(backend: GcpBackend,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(cloud.CALLER_ENV)
-    monkeypatch.setattr(cloud, "_checkip", _no_network)
+    monkeypatch.delenv(caller.CALLER_ENV)
+    monkeypatch.setattr(caller, "_checkip", _no_network)
     cfg = backend.run_config(make_run(), "", {"service_account": SA, "network": "net"})
     rec = run_under_mocks(lambda: run_program(cfg))
     assert rec.of_type("gcp:compute/firewall:Firewall") == []
@@ -294,7 +279,7 @@ def test_the_startup_script_starts_the_runner_and_powers_off(backend: GcpBackend
     assert "-m dstack.runner" in script and "--host 0.0.0.0" in script
     assert "--store 'gs://dstack-my-proj-prod?project=my-proj'" in script
     assert "shutdown -h now" in script and "shutdown -h +4320" in script
-    assert f"gs://dstack-my-proj-prod/{backend.wheel().key}" in script
+    assert f"gs://dstack-my-proj-prod/{backend.wheel().store_key}" in script
     assert "gcloud storage cp" in script and "sha256sum -c" in script
     assert "export DSTACK_APP_PORTS=8000" in script
     assert SECRET not in script and "key.json" not in script
@@ -313,8 +298,8 @@ def check_shell(script: str) -> None:
 
 def test_the_plan_lists_every_resource_without_engine_or_network(
         backend: GcpBackend, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(cloud.CALLER_ENV)
-    monkeypatch.setattr(cloud, "_checkip", _no_network)
+    monkeypatch.delenv(caller.CALLER_ENV)
+    monkeypatch.setattr(caller, "_checkip", _no_network)
     monkeypatch.setattr(backend, "engine", None)
     plan = backend.plan_resources(make_run({"gpu": {"count": 1, "name": "T4"}}, ports=2).job)
     types = [p["type"] for p in plan]
@@ -324,40 +309,26 @@ def test_the_plan_lists_every_resource_without_engine_or_network(
     assert vm["zone"] == "us-central1-a" and vm["price_per_hour"].startswith("$")
 
 
-class FakeEngine:
-    """Runs each program under the mocks instead of the engine; remembers what it did."""
-
-    def __init__(self) -> None:
-        self.ups: list[str] = []
-        self.recorders: dict[str, Recorder] = {}
-
-    def up(self, name: str, program: Callable[[], None]
-           ) -> tuple[dict[str, Any], list[ResourceChange]]:
-        self.ups.append(name)
-        self.recorders[name] = run_under_mocks(program)
-        if name.startswith("workspace-"):
-            return {"bucket": "dstack-my-proj-prod", "service_account": SA,
-                    "network": "projects/my-proj/global/networks/dstack-prod-9f8e7d6"}, []
-        return ({"instance_id": "1234567890", "instance_name": "dstack-wise-cat-1",
-                 "public_ip": "198.51.100.8"},
-                [ResourceChange("create", "gcp:compute/instance:Instance", "instance")])
-
-    def destroy(self, name: str, program: Callable[[], None],
-                missing_ok: bool = False) -> list[ResourceChange]:
-        if missing_ok:  # as the real engine: a stack never created is already destroyed
-            return []
-        raise NotFoundError(f"no stack named {name}")
+def fake_engine() -> mocks.FakeEngine[Recorder]:
+    """An engine that runs programs under the GCP mocks, with GCP's outputs."""
+    return mocks.FakeEngine(
+        Recorder,
+        workspace={"bucket": "dstack-my-proj-prod", "service_account": SA,
+                   "network": "projects/my-proj/global/networks/dstack-prod-9f8e7d6"},
+        run={"instance_id": "1234567890", "instance_name": "dstack-wise-cat-1",
+             "public_ip": "198.51.100.8"},
+        created=ResourceChange("create", "gcp:compute/instance:Instance", "instance"))
 
 
 def test_provision_brings_up_workspace_once_then_the_run(backend: GcpBackend) -> None:
-    engine = FakeEngine()
+    engine = fake_engine()
     uploaded: list[str] = []
     backend.engine = engine  # type: ignore[assignment]
     backend._put = lambda key, path: uploaded.append(key)  # type: ignore[method-assign]
     run = make_run({"gpu": {"count": 1, "name": "L4"}, "interruptible": True}, ports=1)
     changes, instance = backend.provision(run, backend.bootstrap(run))
     assert engine.ups == ["workspace-prod", "run-wise-cat-1"]
-    assert uploaded == [backend.wheel().key]
+    assert uploaded == [backend.wheel().store_key]
     assert instance["type"] == "g2-standard-4" and instance["zone"] == "us-central1-a"
     assert instance["spot"] is True and instance["public_ip"] == "198.51.100.8"
     assert [c.type for c in changes] == ["gcp:compute/instance:Instance"]

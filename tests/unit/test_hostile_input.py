@@ -46,7 +46,8 @@ from dstack.run.record import RunRecord, Status, run_key
 from dstack.run.submit import make_job
 from dstack.runner.bootstrap import render_bootstrap
 from dstack.runner.jobscript import render_job_script
-from dstack.spec.loader import MAX_FILE_BYTES, check_workflow, load_workflows
+from dstack.spec.loader import MAX_FILE_BYTES, load_workflows
+from dstack.spec.validation import check_workflow
 from dstack.store.artifact_sync import ArtifactSync
 from dstack.store.local import LocalStore
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from dstack.run.submit import make_job
 from dstack.runner.bootstrap import render_bootstrap
 from dstack.runner.jobscript import render_job_script
-from dstack.spec.models import validate_workflow
 from dstack.spec.registry import PROVIDERS
+from dstack.spec.validation import validate_workflow
 
 # Words that break naive shell building: spaces, quotes, command substitution, `;`,
 # backticks, a newline, non-ASCII, a variable, an option, the empty word, glob, history.

@@ -21,8 +21,8 @@ from dstack.run.context import Context
 from dstack.run.job import Job
 from dstack.run.submit import RunOptions, make_job, plan_run
 from dstack.runner.jobscript import render_job_script
-from dstack.spec.models import validate_workflow
 from dstack.spec.registry import PROVIDERS, provider_params
+from dstack.spec.validation import validate_workflow
 from dstack.store.secrets import add_secret
 
 RUN = "brave-otter-1"
@@ -95,12 +95,12 @@ def call_env(rec: Path, i: int) -> dict[str, str]:
 
 def test_docker_from_cli_takes_the_image_and_passes_the_rest() -> None:
     params = provider_params("docker")
-    assert params.from_cli(["ubuntu"]) == ({"image": "ubuntu"}, [])  # type: ignore[attr-defined]
-    assert params.from_cli(["ubuntu", "echo", "hi"]) == (  # type: ignore[attr-defined]
+    assert params.from_cli(["ubuntu"]) == ({"image": "ubuntu"}, [])
+    assert params.from_cli(["ubuntu", "echo", "hi"]) == (
         {"image": "ubuntu"}, ["echo", "hi"])
     for bad in ([], ["--rm"]):
         with pytest.raises(UsageError, match="needs the image") as caught:
-            params.from_cli(bad)  # type: ignore[attr-defined]
+            params.from_cli(bad)
         assert "dstack run docker IMAGE [-- COMMAND...]" in (caught.value.hint or "")
 
 
@@ -300,7 +300,7 @@ def test_code_job_is_one_tokened_app_with_no_python_package() -> None:
     assert job.ports == 1 and job.token and job.packages == [] and not job.needs_docker
     [app] = job.apps
     assert (app.name, app.url_path, app.ready_path) == ("code", "/?tkn={token}", "/")
-    parse = provider_params("code").from_cli  # type: ignore[attr-defined]
+    parse = provider_params("code").from_cli
     assert parse(["--x", "y"]) == ({}, ["--x", "y"])
 
 
@@ -455,6 +455,6 @@ def test_dry_run_of_every_provider_renders(tmp_path: Path) -> None:
              "streamlit": ["app.py"], "gradio": ["app.py"], "fastapi": ["main:app"],
              "lab": [], "code": [], "notebook": []}
     for name, positional in forms.items():
-        fields, rest = provider_params(name).from_cli(positional)  # type: ignore[attr-defined]
+        fields, rest = provider_params(name).from_cli(positional)
         job = make_job(validate_workflow({"provider": name, **fields}), rest, {})
         assert render_job_script(job, str(tmp_path)).startswith("#!/usr/bin/env bash\n")

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dstack.errors import UsageError
-from dstack.sizes import SizeError, format_size, parse_size
+from dstack.sizes import SizeError, format_decimal, format_size, format_written, parse_size
 
 KIB, MIB, GIB, TIB = 1024, 1024**2, 1024**3, 1024**4
 
@@ -114,3 +114,26 @@ def test_format_size(size: int, text: str) -> None:
 def test_whole_binary_sizes_round_trip(count: int, unit: str) -> None:
     assert format_size(parse_size(f"{count}{unit}")) == f"{count}{unit}"
     assert parse_size(f"{count}{unit[0]}") == parse_size(f"{count}{unit}")
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(512, "512 B"), (116_100, "116.1 kB"), (999_960, "1.0 MB"), (500 * 1000**2, "500.0 MB"),
+     (2 * 1000**4, "2.0 TB")],
+)
+def test_format_decimal(size: int, text: str) -> None:
+    assert format_decimal(size) == text
+
+
+def test_format_decimal_in_one_unit_separates_thousands() -> None:
+    assert format_decimal(100 * 1000**4, "GB") == "100,000.0 GB"
+    assert format_decimal(16 * GIB, "GB") == "17.2 GB"
+    assert format_decimal(512 * 1000**2, "GB") == "0.5 GB"
+
+
+@pytest.mark.parametrize(
+    ("size", "text"), [(16 * 1000**3, "16GB"), (80 * 1000**3, "80GB"), (16 * GIB, "16GiB"),
+                       (512 * MIB, "512MiB")],
+)
+def test_format_written_keeps_whole_decimal_gigabytes_as_written(size: int, text: str) -> None:
+    assert format_written(size) == text

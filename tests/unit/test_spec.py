@@ -16,24 +16,20 @@ from pydantic import BaseModel
 
 from dstack.errors import SpecError, UsageError
 from dstack.spec import loader as spec_loader
-from dstack.spec.loader import (
-    MAX_FILE_BYTES,
-    MAX_PROBLEMS,
-    Workflows,
-    load_workflows,
-    validate_workflow,
-)
+from dstack.spec import validation as spec_validation
+from dstack.spec.loader import MAX_FILE_BYTES, Workflows, load_workflows
 from dstack.spec.models import (
     ArtifactSpec,
     DepRef,
     GpuSpec,
     Resources,
     Workflow,
-    effective_env,
     workflow_file_schema,
     workflow_model,
 )
+from dstack.spec.problems import MAX_PROBLEMS
 from dstack.spec.registry import PROVIDERS, provider_params
+from dstack.spec.validation import validate_workflow
 
 EXAMPLE = Path(__file__).parent / "data" / "spec" / "example"
 FILE = ".dstack/workflows.yaml"
@@ -136,12 +132,13 @@ def test_validate_workflow_accepts_a_command_line_form_without_a_name() -> None:
     assert type(wf) is workflow_model("python")
 
 
-def test_validate_workflow_is_also_in_dstack_spec() -> None:
-    from dstack.spec import models as spec
-
-    assert spec.validate_workflow(python()) == validate_workflow(python())
-    with pytest.raises(SpecError, match="<command line>: file: expected a string"):
-        spec.validate_workflow(python(file=1))
+def test_the_models_stand_below_validation_and_loader() -> None:
+    # No re-export and no cycle: the models import neither of the modules that use them.
+    code = ("import sys\nimport dstack.spec.models as m\n"
+            "assert 'dstack.spec.loader' not in sys.modules\n"
+            "assert 'dstack.spec.validation' not in sys.modules\n"
+            "assert not hasattr(m, 'validate_workflow')\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_a_workflow_survives_a_dump_and_reload() -> None:
@@ -347,7 +344,7 @@ def test_environment_and_env_make_the_effective_environment() -> None:
     )
     assert wf.environment == {"EPOCHS": "10", "DEBUG": "true", "RATE": "0.5", "A": "x"}
     outer = {"TOKEN": "secret", "HOME": "/home/me"}
-    assert effective_env(wf, outer) == {
+    assert wf.effective_env(outer) == {
         "EPOCHS": "10",
         "DEBUG": "true",
         "RATE": "0.5",
@@ -826,7 +823,7 @@ def test_every_model_field_has_a_description() -> None:
         for name, info in model.model_fields.items():
             assert info.description, f"{model.__name__}.{name}"
             assert model.model_config.get("extra") == "forbid"
-            sub = spec_loader._model_in(info.annotation)
+            sub = spec_validation._model_in(info.annotation)
             if sub is not None:
                 walk(sub)
 

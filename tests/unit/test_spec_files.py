@@ -23,7 +23,8 @@ from dstack.spec.files import (
     missing_files,
 )
 from dstack.spec.loader import load_workflows
-from dstack.spec.models import Workflow, validate_workflow
+from dstack.spec.models import Workflow
+from dstack.spec.validation import validate_workflow
 from dstack.store.local import LocalStore
 
 CODE = CodeFiles(["train.py", "app.py", "src/main.py", "src/util/helpers.py", "reqs.txt",
