@@ -94,6 +94,11 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         output.error("interrupted", None)
         sys.exit(130)
+    except (BrokenPipeError, output.ReaderGone):
+        # The reader of stdout left (`dstack ps | head`): stop quietly, as a command that
+        # SIGPIPE ended does; stdout points at /dev/null so the flush at exit is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + 13)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, TextIO
@@ -68,6 +69,21 @@ def _target(stream: TextIO) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
+class ReaderGone(Exception):
+    """The reader of stdout left (`dstack ps | head -1`): stdout now goes to /dev/null."""
+
+
+@contextmanager
+def _stdout_kept() -> Iterator[None]:
+    """Writes to stdout; a closed pipe there becomes `ReaderGone` (click would turn a
+    BrokenPipeError into exit code 1), and later writes go nowhere."""
+    try:
+        yield
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise ReaderGone from None
+
+
 def write_log(stream: Stream, data: bytes) -> None:
     """A run's log record: the job's stdout byte for byte to stdout, its stderr to stderr,
     and dstack's own lines (from the runner) as messages."""
@@ -76,15 +92,17 @@ def write_log(stream: Stream, data: bytes) -> None:
             say(line.removeprefix("[dstack] "))
         return
     out = sys.stdout if stream == "out" else sys.stderr
-    out.flush()
-    out.buffer.write(data)
-    out.buffer.flush()
+    with _stdout_kept():
+        out.flush()
+        out.buffer.write(data)
+        out.buffer.flush()
     _mid_line[_target(out)] = not data.endswith(b"\n")
 
 
 def print_json(doc: Any) -> None:
     """JSON to stdout."""
-    print(json.dumps(doc, indent=2, sort_keys=False, default=str))
+    with _stdout_kept():
+        print(json.dumps(doc, indent=2, sort_keys=False, default=str), flush=True)
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -92,5 +110,6 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     cells = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
     widths = [max([len(c), *map(len, col)]) for c, col in zip(columns, cells, strict=True)]
     line = "  ".join(f"{{:<{w}}}" for w in widths).format
-    sys.stdout.write("\n".join(line(*row).rstrip() for row in [columns, *rows]) + "\n")
-    sys.stdout.flush()
+    with _stdout_kept():
+        sys.stdout.write("\n".join(line(*row).rstrip() for row in [columns, *rows]) + "\n")
+        sys.stdout.flush()

@@ -37,14 +37,21 @@ def wants_run_help(argv: Sequence[str]) -> bool:
 
 def print_run_help(app: typer.Typer, argv: Sequence[str]) -> int:
     """Print the help `argv` asks for; without a NAME, click's help then the providers."""
-    command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
+    root = typer.main.get_command(app)
+    assert isinstance(root, typer.core.TyperGroup)  # an app of several commands is a group
+    command = root.commands["run"]
     name, project = _target(command, list(argv[list(argv).index("run") + 1:]))
     if name is None:
         app(args=list(argv), prog_name="dstack", standalone_mode=False)
         _print_catalogue(project)
         return 0
-    try:
-        workflows: Workflows | None = load_workflows(project)
+    from dstack.run.submit import workflows_for
+
+    try:  # a broken workflow in the file does not hide the help of the others
+        workflows: Workflows | None
+        workflows, warning = workflows_for(project, name)
+        if warning:
+            output.say(warning)
     except SpecError:
         if name not in PROVIDERS:
             raise

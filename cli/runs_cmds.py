@@ -20,6 +20,7 @@ from dstack.cli.options import (
 
 if TYPE_CHECKING:
     from dstack.run.record import RunRecord
+    from dstack.store.job_log import Stream
 
 runs_app = typer.Typer()
 """The run commands; the app adds them at its top level."""
@@ -120,8 +121,23 @@ def run(
                    f"`dstack stop {record.name}`")
         print(record.name)
         return 0
+    reader_gone = False
+
+    def write(stream: Stream, data: bytes) -> None:
+        """The job's output; when stdout's reader leaves, the run stops as for Ctrl-C."""
+        nonlocal reader_gone
+        try:
+            output.write_log(stream, data)
+        except output.ReaderGone:
+            if not reader_gone:
+                reader_gone = True
+                output.say("the reader of the output is gone (a closed pipe): stopping the run")
+                interrupts.count += 1
+
     with deferred_sigint() as interrupts:  # from here on, Ctrl-C stops the run
-        final = run_attached(ctx, plan, output.write_log, output.say, interrupts)
+        final = run_attached(ctx, plan, write, output.say, interrupts)
+    if reader_gone:
+        raise output.ReaderGone
     return _ended(final)
 
 

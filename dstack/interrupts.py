@@ -43,7 +43,7 @@ def deferred_sigint(note: Callable[[str], None] | None = None,
         if note and message:
             note(message)
         if getattr(previous, _CHAINED, False):
-            previous(sig, frame)  # type: ignore[operator]
+            previous(sig, frame)  # type: ignore[operator]  # a handler of ours: callable
 
     setattr(handler, _CHAINED, True)
     signal.signal(signal.SIGINT, handler)

@@ -104,7 +104,7 @@ class RunnerProcessProvider(ResourceProvider):
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         stop_runner(int(props["pid"]), props.get("start_ticks"))
         if props.get("run") and props.get("store_url"):
-            from dstack.runner.job_runner import salvage  # here: the provider starts without it
+            from dstack.runner.salvage import salvage  # here: the provider starts without it
 
             salvage(props["store_url"], props["run"], Path(props["workdir"]) / "work")
 

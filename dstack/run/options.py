@@ -51,6 +51,14 @@ def apply_options(data: dict[str, Any], opts: RunOptions) -> dict[str, Any]:
             gpu["name"] = opts.gpu_name
         if opts.gpu_memory:
             gpu["memory"] = opts.gpu_memory
+        if gpu.get("count", 1) == 0 and (opts.gpu_name or opts.gpu_memory):
+            wanted = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                              (("gpu_name", opts.gpu_name), ("gpu_memory", opts.gpu_memory))
+                              if v)
+            raise UsageError(f"{wanted} describes a GPU, and the run asks for none "
+                             f"(--gpu 0{'' if opts.gpu == 0 else ' in the workflow'})",
+                             "Drop one of them: --gpu 0 for no GPU, or --gpu N (1 or more) "
+                             "with the GPU's name or memory.")
         resources["gpu"] = gpu if gpu.get("count", 1) else 0
     if resources:
         data["resources"] = resources

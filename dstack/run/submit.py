@@ -69,7 +69,7 @@ class RunPlan:
     warnings: list[str] = field(default_factory=list)
 
 
-def _workflows_for(project_dir: Path, target: str) -> tuple[Workflows, str | None]:
+def workflows_for(project_dir: Path, target: str) -> tuple[Workflows, str | None]:
     """The project's workflows `dstack run TARGET` may use, and a warning when its files have
     problems that do not concern TARGET (else the `SpecError` listing them)."""
     try:
@@ -92,7 +92,7 @@ def _target_data(project_dir: Path, target: str, positional: Sequence[str]
                  ) -> tuple[dict[str, Any], list[str], str, str | None, str | None]:
     """(workflow fields, pass-through args, origin, workflow name, warning) for `dstack run
     TARGET`."""
-    workflows, warning = _workflows_for(project_dir, target)
+    workflows, warning = workflows_for(project_dir, target)
     if target in workflows:
         wf = workflows[target]
         data = wf.model_dump(by_alias=True, exclude_unset=True, mode="json")
@@ -175,7 +175,7 @@ def _resolve_dep(ctx: Context, project_dir: Path, target: str, dep: DepRef,
     except NotFoundError as exc:
         if dep.workflow is None:
             raise
-        defined = _workflows_for(project_dir, target)[0]
+        defined = workflows_for(project_dir, target)[0]
         unknown = unknown_workflow(ctx.store, dep.workflow, list(defined), ctx.listing_cache)
         if unknown is None:
             raise
@@ -194,7 +194,7 @@ def _check_files(ctx: Context, project_dir: Path, target: str, wf: Workflow, nam
             set_by[key] = f"--{key.replace('_', '-')} {value}"
     brought = fetched(ctx.store.list, [artifact_prefix(run.name) for run in deps])
     check_run_files(project_dir, wf, CodeFiles.of(code), brought, name, set_by,
-                    lambda: _workflows_for(project_dir, target)[0])
+                    lambda: workflows_for(project_dir, target)[0])
 
 
 def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[str],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -23,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from dstack.code.archive import extract_archive, safe_join
 from dstack.errors import DstackError, StoreError
@@ -156,7 +157,8 @@ class Runner:
             pump.start()
 
     def _pump(self, pipe: IO[bytes], stream: Stream) -> None:
-        for chunk in iter(lambda: pipe.read1(65536), b""):  # type: ignore[attr-defined]
+        reader = cast("io.BufferedReader", pipe)  # what Popen gives for a pipe (bufsize -1)
+        for chunk in iter(lambda: reader.read1(65536), b""):  # what is there, not 64 KiB
             self.log.write(chunk, stream)
 
     def _drain(self, timeout_s: float = 5.0) -> None:
@@ -347,35 +349,6 @@ def job_message(code: int | None) -> str | None:
         return f"the job was ended by signal {signal_name(-code)} (exit code " \
                f"{shell_exit_code(code)})"
     return f"the job exited with {code}"
-
-
-def salvage(store_url: str, run_name: str, workdir: Path) -> None:
-    """After the runner is gone: save what its job wrote and end the run if it had not ended.
-
-    Called when a run's compute is torn down, so a runner killed by a signal, a crash or a
-    lost machine still leaves its artifacts and a terminal status behind.
-    """
-    store = open_store(store_url)
-    try:
-        run = load_run(store, run_name)
-    except DstackError:
-        return
-    if run.status.finished:
-        return
-    repo = workdir / "repo"
-    message = "the runner stopped before the job finished"
-    if repo.is_dir():
-        sync = ArtifactSync(store, run_name, repo, [a.path for a in run.job.artifacts])
-        try:
-            sync.sync()
-            message += f"; {sync.files} artifact file(s) saved from its workspace"
-        except (StoreError, OSError) as exc:
-            message += f"; saving its artifacts failed: {exc}"
-    log = LogShipper(store, run_name)
-    log.say(f"error: {message}")
-    with contextlib.suppress(StoreError):
-        log.flush()
-    update_run(store, run_name, status=Status.FAILED.value, message=message)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,21 @@ def test_version_imports_no_pulumi() -> None:
     assert proc.stdout.splitlines()[-1] == "[]", proc.stdout
 
 
+@pytest.mark.parametrize("args", [["schema"], ["run", "python", "--help"]])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(
+        dstack: Dstack, args: list[str]) -> None:
+    # `dstack schema | head -1`: the reader is gone before dstack writes (closed at once here,
+    # so that every write meets the closed pipe).
+    proc = subprocess.Popen(dstack.argv(*args), cwd=dstack.project, env=dstack.env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 128 + 13, err  # as a command SIGPIPE ended
+    assert err == ""
+
+
 # -- did you mean ----------------------------------------------------------------------------
 
 

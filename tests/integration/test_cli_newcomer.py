@@ -146,6 +146,12 @@ def test_a_broken_workflow_blocks_only_itself_and_what_needs_it(tmp_path: Path) 
         proc = dstack("run", "--dry-run", target, expect=2)
         assert proc.stderr.splitlines()[0] == f"error: {BROKEN_ERROR}", target
         assert proc.stdout == ""
+    # The help of a workflow that is fine shows, with the same warning; a broken one's does not.
+    proc = dstack("run", "hello", "--help")
+    assert proc.stdout.startswith("Usage: dstack run hello [dstack run OPTIONS]")
+    assert "has problems outside workflow hello" in proc.stderr
+    proc = dstack("run", "broken", "--help", expect=2)
+    assert proc.stderr.splitlines()[0] == f"error: {BROKEN_ERROR}"
     assert dstack.run_names() == set()
 
 

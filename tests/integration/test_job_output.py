@@ -25,6 +25,9 @@ workflows:
     provider: python
     file: rewrite.py
     artifacts: ["out"]
+  - name: chatty
+    provider: python
+    file: chatty.py
 """
 
 FILES = {
@@ -53,6 +56,13 @@ FILES = {
             time.sleep(0.3)
     """,
 }
+
+FILES["chatty.py"] = """
+    import time
+    for i in range(1200):  # a minute, unless stopped
+        print("line", i, flush=True)
+        time.sleep(0.05)
+"""
 
 JOB_STDOUT = "out line 1\nout line 2\nno newline at the end"
 
@@ -117,3 +127,22 @@ def test_saved_artifacts_count_files_not_uploads(dstack: Dstack) -> None:
     assert "[dstack] saved 3 artifact file(s)" in proc.stderr, proc.stderr
     run = dstack.newest_run("rewrite")["run"]
     assert dstack.artifact(run, "out/progress.txt").read_text() == "7" * 8
+
+
+@pytest.mark.timeout(180)
+def test_a_reader_that_leaves_stops_the_run_and_its_stack_goes(dstack: Dstack) -> None:
+    # `dstack run chatty | head -1`: the pipe closes while the job still prints.
+    HOMES_IN_TEST.add(dstack.home)
+    proc = subprocess.Popen(dstack.argv("run", "chatty"), cwd=dstack.project,
+                            env=dstack.env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"line 0\n"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 128 + 13, err
+    assert "the reader of the output is gone (a closed pipe): stopping the run" in err
+    assert "unexpectedly" not in err
+    row = dstack.newest_run("chatty")
+    assert row["status"] == "stopped", row
+    dstack.assert_torn_down(row["run"])
