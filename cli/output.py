@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, TextIO
+
+from dstack.cli.lines import DSTACK, LineKeeper, Target
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -39,13 +42,15 @@ state = State()
 def say(message: str) -> None:
     """A progress message (stderr), so stdout stays the job's or the data's. It starts on a
     line of its own, also when the job's output last stopped in the middle of a line."""
-    if _mid_line.pop(_target(sys.stderr), False):
-        sys.stderr.write("\n")
-        sys.stderr.flush()
-    if sys.stderr.isatty():
-        _console().print(f"[dim]\\[dstack][/dim] {message}", markup=True)
-    else:
-        print(f"[dstack] {message}", file=sys.stderr, flush=True)
+    with _writing:
+        line = f"[dstack] {message}\n".encode()
+        if _lines.write(_target(sys.stderr), DSTACK, line) != line:
+            sys.stderr.write("\n")  # the job's line was left open on this terminal or file
+            sys.stderr.flush()
+        if sys.stderr.isatty():
+            _console().print(f"[dim]\\[dstack][/dim] {message}", markup=True)
+        else:
+            print(f"[dstack] {message}", file=sys.stderr, flush=True)
 
 
 def error(message: str, hint: str | None) -> None:
@@ -56,11 +61,13 @@ def error(message: str, hint: str | None) -> None:
     sys.stderr.flush()
 
 
-_mid_line: dict[tuple[int, int], bool] = {}
-"""Per file written to: whether the job's output there stopped in the middle of a line."""
+_writing = threading.RLock()
+"""Held while a message or the job's output is written: a run's first output comes from
+another thread than its status lines, and a line must not start between the two."""
+_lines = LineKeeper()
 
 
-def _target(stream: TextIO) -> tuple[int, int]:
+def _target(stream: TextIO) -> Target:
     """What `stream` writes to: stdout and stderr that go to one terminal or file are one."""
     try:
         st = os.fstat(stream.fileno())
@@ -92,11 +99,11 @@ def write_log(stream: Stream, data: bytes) -> None:
             say(line.removeprefix("[dstack] "))
         return
     out = sys.stdout if stream == "out" else sys.stderr
-    with _stdout_kept():
+    with _writing, _stdout_kept():
+        data = _lines.write(_target(out), stream, data)
         out.flush()
         out.buffer.write(data)
         out.buffer.flush()
-    _mid_line[_target(out)] = not data.endswith(b"\n")
 
 
 def print_json(doc: Any) -> None:

@@ -12,10 +12,15 @@ from pathlib import Path
 from dstack.files import create_whole, write_whole
 
 
+def default_home() -> Path:
+    """The dstack home when `DSTACK_HOME` is not set: `~/.dstack`."""
+    return Path.home() / ".dstack"
+
+
 def dstack_home() -> Path:
     """The dstack home folder (not created)."""
     env = os.environ.get("DSTACK_HOME")
-    return Path(env).expanduser().resolve() if env else Path.home() / ".dstack"
+    return Path(env).expanduser().resolve() if env else default_home()
 
 
 def private_dir(path: Path) -> Path:

@@ -41,8 +41,8 @@ from semver import VersionInfo
 
 from dstack.config.backends import ResourceChange, StackInfo, UpdateRecord
 from dstack.errors import BackendError, EngineMissingError, NotFoundError, StackBusyError
-from dstack.home import private_dir, secret_file, write_private
-from dstack.stacks.engine_install import PULUMI_VERSION, engine_bin, engine_root, is_installed
+from dstack.home import default_home, private_dir, secret_file, write_private
+from dstack.stacks.engine_install import PULUMI_VERSION, engine_bin, find_engine
 from dstack.stacks.engine_process import OutputFn, run_detached, scratch_path, sweep
 from dstack.stacks.file_state import (
     PROJECT_NAME,
@@ -104,22 +104,23 @@ class Engine:
             "PULUMI_SKIP_UPDATE_CHECK": "true",
             "PULUMI_PYTHON_CMD": sys.executable,
             "PULUMI_CONFIG_PASSPHRASE_FILE": str(self.passphrase_file),
-            "PATH": f"{engine_bin(self.home)}{os.pathsep}{path}",
+            "PATH": f"{self.binary.parent}{os.pathsep}{path}",
         }
 
     @property
     def binary(self) -> Path:
-        """The engine's `pulumi` executable."""
-        return engine_root(self.home) / "bin" / "pulumi"
+        """The engine's `pulumi` executable: the home's, else the default home's."""
+        return (find_engine(self.home) or engine_bin(self.home)) / "pulumi"
 
     def _prepare(self) -> None:
         """Check the engine is installed; create the project, state and output folders and
         the passphrase once per process."""
         if self._prepared:
             return
-        if not is_installed(self.home):
+        if find_engine(self.home) is None:
             raise EngineMissingError(
-                f"the Pulumi engine {PULUMI_VERSION} is not installed in {engine_bin(self.home)}",
+                f"the Pulumi engine {PULUMI_VERSION} is not installed in {engine_bin(self.home)}"
+                f" nor in {engine_bin(default_home())}",
                 "Run `make engine` (or `python -m dstack.stacks.engine_install`) to install it.",
             )
         if self.file_state:

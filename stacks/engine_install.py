@@ -28,7 +28,7 @@ from pathlib import Path
 
 from dstack.errors import EngineMissingError
 from dstack.files import replacing
-from dstack.home import dstack_home, private_dir
+from dstack.home import default_home, dstack_home, private_dir
 
 PULUMI_VERSION = "3.260.0"
 """The engine release; the `pulumi` Python SDK in pyproject.toml is pinned to the same."""
@@ -76,7 +76,21 @@ def is_installed(home: Path | None = None, version: str = PULUMI_VERSION,
 
     Cheap by default (the stamp written after a verified install); `check` runs the binary.
     """
-    bin_dir = engine_bin(home, version)
+    return _installed_in(engine_bin(home, version), version, check)
+
+
+def find_engine(home: Path | None = None, version: str = PULUMI_VERSION) -> Path | None:
+    """The `bin` folder of an installed engine of `version`: the home's, else the default
+    home's (`make setup` installs there; a `DSTACK_HOME` set later uses it too); None when
+    neither has one."""
+    for root in dict.fromkeys([engine_root(home, version), engine_root(default_home(), version)]):
+        if _installed_in(root / "bin", version, check=False):
+            return root / "bin"
+    return None
+
+
+def _installed_in(bin_dir: Path, version: str, check: bool) -> bool:
+    """Whether `bin_dir` holds the engine and the launcher (`check`: and the engine runs)."""
     if not (bin_dir / LAUNCHER_NAME).exists() or not (bin_dir / "pulumi").exists():
         return False
     if not check:
@@ -235,6 +249,11 @@ def try_go_build(bin_dir: Path, version: str) -> bool:
 def ensure_engine(home: Path | None = None, version: str = PULUMI_VERSION) -> Path:
     """Make sure the engine of `version` is installed; return its `bin` folder."""
     root, bin_dir = engine_root(home, version), engine_bin(home, version)
+    shared = engine_root(default_home(), version)
+    if shared != root and not root.exists() and is_installed(default_home(), version):
+        root.parent.mkdir(parents=True, exist_ok=True)  # the default home's engine will do
+        root.symlink_to(shared, target_is_directory=True)
+        _say(f"pulumi {version}: using the engine of {default_home()} ({shared})")
     with _install_lock(root):
         if is_installed(home, version, check=True):
             (bin_dir / STAMP).write_text(version + "\n")

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from dstack.errors import NotFoundError
+from dstack.home import default_home
 from dstack.stacks.engine import PROJECT_YAML, Engine
+from dstack.stacks.engine_install import PULUMI_VERSION, engine_root, find_engine
 from dstack.stacks.local_resources import Folder
+
+from .harness import Dstack, write_project
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,3 +80,24 @@ def test_unknown_stack_is_a_dstack_error(home: Path) -> None:
 
 def test_repository_pulumi_yaml_is_the_engine_project() -> None:
     assert (REPO / "Pulumi.yaml").read_text() == PROJECT_YAML
+
+
+@pytest.mark.engine
+def test_a_home_without_an_engine_uses_the_default_homes(tmp_path: Path) -> None:
+    # `make setup` installs the engine in ~/.dstack; a DSTACK_HOME set later must find it
+    # rather than say "run make engine" (and build a second copy).
+    if find_engine(default_home()) is None:
+        pytest.skip(f"no engine installed in the default home {default_home()}")
+    project = write_project(tmp_path / "project", "workflows: []\n",
+                            {"hi.py": "print('hi from a new home')\n"})
+    dstack = Dstack(tmp_path / "new-home", project)
+    assert not (dstack.home / "engine").exists()
+    proc = dstack("run", "python", "hi.py")
+    assert proc.stdout == "hi from a new home\n"
+    assert not (dstack.home / "engine").exists()  # nothing was installed or built there
+    engine = subprocess.run([sys.executable, "-m", "dstack.stacks.engine_install"],
+                            env={**dstack.env()}, capture_output=True, text=True, timeout=120)
+    assert engine.returncode == 0, engine.stderr
+    assert "using the engine of" in engine.stderr
+    assert (dstack.home / "engine" / PULUMI_VERSION).resolve() == \
+        engine_root(default_home()).resolve()
