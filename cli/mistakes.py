@@ -10,8 +10,10 @@ them (exit 2):
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from typer.core import TyperGroup, TyperOption
 
 from dstack.errors import UsageError
 from dstack.names import closest
@@ -26,12 +28,22 @@ HELP = ("-h", "--help")
 _NUMBER = re.compile(r"^(\d+(\.\d*)?|\.\d+)$")
 
 
-def _command_at(group: Any, argv: Sequence[str]) -> tuple[Any, list[str], str] | None:
+class _Command(Protocol):
+    """What is read of a click command (typer's click is its own, private module: its class
+    goes unnamed; groups are `TyperGroup`s and options `TyperOption`s)."""
+
+    @property
+    def params(self) -> Sequence[object]: ...
+    @property
+    def context_settings(self) -> Mapping[str, object]: ...
+
+
+def _command_at(group: _Command, argv: Sequence[str]) -> tuple[_Command, list[str], str] | None:
     """The click command `argv` names, the words after its name and its name (`tags delete`);
     None when `argv` names none (click says so)."""
     command, i = group, 0
     names: list[str] = []
-    while hasattr(command, "commands"):
+    while isinstance(command, TyperGroup):
         while i < len(argv) and argv[i].startswith("-"):
             i += 1  # the groups' own options are flags: --debug, --help
         if i == len(argv) or argv[i] not in command.commands:
@@ -40,14 +52,13 @@ def _command_at(group: Any, argv: Sequence[str]) -> tuple[Any, list[str], str] |
     return command, list(argv[i:]), " ".join(names)
 
 
-def _options(command: Any) -> dict[str, Any]:
+def _options(command: _Command) -> dict[str, TyperOption]:
     """Each option word of `command` (`-a`, `--all`) → its click option."""
-    return {word: param for param in command.params
-            if getattr(param, "param_type_name", "") == "option"
+    return {word: param for param in command.params if isinstance(param, TyperOption)
             for word in [*param.opts, *param.secondary_opts]}
 
 
-def _near_flag(flag: str, name: str, options: dict[str, Any]) -> None:
+def _near_flag(flag: str, name: str, options: dict[str, TyperOption]) -> None:
     """Refuse `flag` when it is close to one of `options`."""
     longs = {word[2:]: word for word in [*options, *HELP] if word.startswith("--")}
     meant = closest(flag[2:].lower().replace("_", "-"), longs, cutoff=NEAR_FLAG)
@@ -57,7 +68,7 @@ def _near_flag(flag: str, name: str, options: dict[str, Any]) -> None:
                          f"after --: `dstack {name} ... -- {flag} ...`.")
 
 
-def check_argv(group: Any, argv: Sequence[str]) -> None:
+def check_argv(group: _Command, argv: Sequence[str]) -> None:
     """Refuse `argv` (the words after `dstack`, up to a `run`'s `--`) when click would read it
     otherwise than meant; `group` is the click form of the app."""
     found = _command_at(group, argv)

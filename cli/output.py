@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from dstack.cli.lines import DSTACK, LineKeeper, Target
 
@@ -106,7 +106,7 @@ def write_log(stream: Stream, data: bytes) -> None:
         out.buffer.flush()
 
 
-def print_json(doc: Any) -> None:
+def print_json(doc: object) -> None:
     """JSON to stdout."""
     with _stdout_kept():
         print(json.dumps(doc, indent=2, sort_keys=False, default=str), flush=True)

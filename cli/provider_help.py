@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import typer
+import typer.core
 import typer.main
 from pydantic import BaseModel
 
 from dstack.cli import output
 from dstack.errors import SpecError, UsageError
+from dstack.json_types import JsonDoc
 from dstack.names import did_you_mean
 from dstack.run.project import find_project_dir
 from dstack.spec.loader import Workflows, load_workflows
@@ -40,6 +41,7 @@ def print_run_help(app: typer.Typer, argv: Sequence[str]) -> int:
     root = typer.main.get_command(app)
     assert isinstance(root, typer.core.TyperGroup)  # an app of several commands is a group
     command = root.commands["run"]
+    assert isinstance(command, typer.core.TyperCommand)  # `run` is a command of its own
     name, project = _target(command, list(argv[list(argv).index("run") + 1:]))
     if name is None:
         app(args=list(argv), prog_name="dstack", standalone_mode=False)
@@ -68,7 +70,7 @@ def print_run_help(app: typer.Typer, argv: Sequence[str]) -> int:
     return 0
 
 
-def _target(command: Any, words: list[str]) -> tuple[str | None, Path]:
+def _target(command: typer.core.TyperCommand, words: list[str]) -> tuple[str | None, Path]:
     """The NAME after `run` (skipping option values) and the `--project` folder (else the
     project the current folder is in)."""
     takes_value = {opt for p in _options(command) if not p.is_flag for opt in p.opts}
@@ -92,7 +94,7 @@ def cli_form(name: str, provider: type[Provider]) -> str:
     return provider.usage.line(name)
 
 
-def type_text(schema: dict[str, Any], defs: dict[str, Any]) -> str:
+def type_text(schema: JsonDoc, defs: JsonDoc) -> str:
     """A field's JSON Schema as words: `text`, `list of text`, `mapping: a, b`."""
     if "$ref" in schema:
         target = defs.get(schema["$ref"].rsplit("/", 1)[-1], {})
@@ -150,7 +152,7 @@ def _print_workflow(name: str, wf: Workflow, location: object) -> None:
     output.table(["FIELD", "TYPE", "REQUIRED/DEFAULT", "DESCRIPTION", "THIS WORKFLOW"], rows)
 
 
-def _print_options(command: Any) -> None:
+def _print_options(command: typer.core.TyperCommand) -> None:
     ctx = command.context_class(command, info_name="run")
     records = [p.get_help_record(ctx) for p in _options(command)]
     print("\nOptions of `dstack run` (before `--`; anything after `--` goes to the job):")
@@ -172,9 +174,9 @@ def _print_catalogue(project: Path) -> None:
                      [[n, workflows[n].provider, workflows[n].help or ""] for n in workflows])
 
 
-def _options(command: Any) -> list[Any]:
-    """The options of a click command (typer ships its own click, so no isinstance)."""
-    return [p for p in command.params if getattr(p, "param_type_name", "") == "option"]
+def _options(command: typer.core.TyperCommand) -> list[typer.core.TyperOption]:
+    """The options of a click command (typer ships its own click: its options are typer's)."""
+    return [p for p in command.params if isinstance(p, typer.core.TyperOption)]
 
 
 def _providers_line() -> str:

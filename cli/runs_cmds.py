@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,7 @@ from dstack.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from dstack.run.audit import AuditEntry
     from dstack.run.record import RunRecord
     from dstack.store.job_log import Stream
 
@@ -30,7 +31,7 @@ def _ago(ts: str) -> str:
     return datetime.fromisoformat(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _touched(update: dict[str, Any]) -> str:
+def _touched(update: AuditEntry) -> str:
     """An audited update's resources, or Pulumi's counts when dstack has no record of them."""
     if update["resources"] is None:
         return ", ".join(f"{op} {n}" for op, n in update["pulumi_changes"].items()) + \

@@ -168,12 +168,12 @@ def run_tags(cfg: AwsRun) -> dict[str, str]:
             "dstack:workflow": cfg.workflow or "", "dstack:profile": cfg.profile}
 
 
-def _field(obj: Any, name: str) -> Any:
-    # Any: the engine gives a lookup's typed result, Pulumi's mocks give dicts.
+# The engine gives a lookup's typed result, Pulumi's mocks give dicts: a field of either.
+def _field(obj: object, name: str) -> Any:  # type: ignore[explicit-any]  # typed or a mock's
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
-def root_size(requested: int, ami: Any) -> int:  # Any: as `_field`
+def root_size(requested: int, ami: object) -> int:
     """The requested disk, but never smaller than the image's own root volume."""
     for mapping in _field(ami, "block_device_mappings") or []:
         if _field(mapping, "device_name") == _field(ami, "root_device_name"):

@@ -6,12 +6,12 @@ application credentials), never copied: these checks only read them.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 from dstack.errors import UsageError
 
 
-def check_aws(settings: dict[str, Any]) -> dict[str, str]:
+def check_aws(settings: Mapping[str, str]) -> dict[str, str]:
     """STS caller identity of the profile's AWS credentials: {account, arn}."""
     import boto3
     import botocore.exceptions as bexc
@@ -39,7 +39,7 @@ def check_aws(settings: dict[str, Any]) -> dict[str, str]:
     return {"account": str(ident["Account"]), "arn": str(ident["Arn"])}
 
 
-def check_gcp(settings: dict[str, Any]) -> dict[str, str]:
+def check_gcp(settings: Mapping[str, str]) -> dict[str, str]:
     """Load the GCP credentials and check the project is reachable: {project, account}."""
     import google.auth
     import google.auth.exceptions as gexc

@@ -162,8 +162,8 @@ def scheduling(spot: bool, max_run_s: int) -> gcp.compute.InstanceSchedulingArgs
             "instance_termination_action": "DELETE", "max_run_duration": {"seconds": max_run_s}}
 
 
-def _nat_ip(nics: Any) -> str | None:
-    # Any: the engine gives typed network interfaces, Pulumi's mocks give dicts.
+# The engine gives typed network interfaces, Pulumi's mocks give dicts: either is read.
+def _nat_ip(nics: Any) -> str | None:  # type: ignore[explicit-any]  # typed or the mocks' dicts
     for nic in nics or []:
         configs = nic.get("access_configs") if isinstance(nic, dict) else nic.access_configs
         for config in configs or []:

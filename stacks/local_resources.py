@@ -25,23 +25,27 @@ from dstack.store.base import open_store
 
 RUNNER_STOP_WAIT_S = 30.0
 
+# A dynamic provider's methods take the resource's properties as pulumi.dynamic declares them
+# (and must, to override it): the engine's untyped property bag, read by key.
+Props = dict[str, Any]  # type: ignore[explicit-any]  # pulumi.dynamic's property bag, untyped
+
 
 class FolderProvider(ResourceProvider):
     """A folder that exists while the resource does (its content is removed on delete
     unless `keep` is set)."""
 
-    def create(self, props: dict[str, Any]) -> CreateResult:
+    def create(self, props: Props) -> CreateResult:
         path = Path(props["path"])
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o700)
         return CreateResult(id_=str(path), outs=dict(props))
 
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
         changed = olds.get("path") != news.get("path")
         return DiffResult(changes=changed, replaces=["path"] if changed else [],
                           delete_before_replace=True)
 
-    def delete(self, _id: str, props: dict[str, Any]) -> None:
+    def delete(self, _id: str, props: Props) -> None:
         if not props.get("keep"):
             shutil.rmtree(props["path"], ignore_errors=True)
 
@@ -73,7 +77,7 @@ def stop_runner(pid: int, start_ticks: int | None, wait_s: float = RUNNER_STOP_W
 class RunnerProcessProvider(ResourceProvider):
     """The runner process of a run: started on create, stopped on delete."""
 
-    def create(self, props: dict[str, Any]) -> CreateResult:
+    def create(self, props: Props) -> CreateResult:
         workdir = Path(props["workdir"])
         script = workdir / "bootstrap.sh"
         script.write_text(props["bootstrap"])
@@ -96,12 +100,12 @@ class RunnerProcessProvider(ResourceProvider):
         return CreateResult(id_=str(proc.pid), outs={**props, "pid": proc.pid,
                                                      "start_ticks": ticks})
 
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
         keys = ("bootstrap", "workdir")
         changed = [k for k in keys if olds.get(k) != news.get(k)]
         return DiffResult(changes=bool(changed), replaces=changed, delete_before_replace=True)
 
-    def delete(self, _id: str, props: dict[str, Any]) -> None:
+    def delete(self, _id: str, props: Props) -> None:
         stop_runner(int(props["pid"]), props.get("start_ticks"))
         if props.get("run") and props.get("store_url"):
             from dstack.runner.salvage import salvage  # here: the provider starts without it

@@ -7,8 +7,8 @@ profile is only saved when its credentials work, unless the user asks to skip th
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import cast
 from urllib.parse import urlencode
 
 from dstack.config.profiles import Profile
@@ -26,9 +26,9 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _STATE = re.compile(r"^(s3|gs|file|azblob)://.+")
 
 
-def _checker(backend: str) -> Callable[[dict[str, Any]], dict[str, str]]:
+def _checker(backend: str) -> Callable[[Mapping[str, str]], dict[str, str]]:
     check = load_target(CHECKS[backend])
-    return cast("Callable[[dict[str, Any]], dict[str, str]]", check)
+    return cast("Callable[[Mapping[str, str]], dict[str, str]]", check)
 
 
 def _bucket_name(parts: list[str]) -> str:
@@ -50,7 +50,7 @@ def aws_profile(name: str, *, aws_profile: str | None, region: str, bucket: str 
     _check_common(bucket, state_url)
     if not re.match(r"^[a-z]{2}(-gov)?-[a-z]+-\d$", region):
         raise UsageError(f"--region {region!r} is not an AWS region", "e.g. us-east-1")
-    settings: dict[str, Any] = {"region": region}
+    settings = {"region": region}
     if aws_profile:
         settings["aws_profile"] = aws_profile
     identity = _checker("aws")(settings) if check else {}
@@ -73,7 +73,7 @@ def gcp_profile(name: str, *, project: str, zone: str, credentials: str | None,
         raise UsageError(f"--zone {zone!r} is not a GCP zone", "e.g. us-central1-a")
     if not re.match(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", project):
         raise UsageError(f"--project {project!r} is not a GCP project id", "e.g. my-ml-123")
-    settings: dict[str, Any] = {"project": project, "zone": zone, "region": zone[:-2]}
+    settings = {"project": project, "zone": zone, "region": zone[:-2]}
     if credentials:
         settings["credentials"] = credentials
     identity = _checker("gcp")(settings) if check else {}

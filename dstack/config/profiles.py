@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dstack.errors import NotFoundError, UsageError
 from dstack.home import write_private
+from dstack.json_types import JsonDoc
 from dstack.names import did_you_mean
 from dstack.sizes import SizeError, parse_size
 
@@ -28,8 +28,8 @@ class Profile(BaseModel):
     name: str
     backend: str = Field(description="local, aws or gcp.")
     state_url: str | None = Field(None, description="Pulumi state backend URL.")
-    settings: dict[str, Any] = Field(default_factory=dict,
-                                     description="Backend settings (region, bucket, ...).")
+    settings: JsonDoc = Field(default_factory=dict,
+                              description="Backend settings (region, bucket, ...).")
 
 
 LOCAL = Profile(name="local", backend="local")

@@ -12,20 +12,42 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TypedDict
 
 from dstack.config.backends import Backend, ResourceChange, UpdateRecord
 from dstack.errors import DstackError, NotFoundError
+from dstack.json_types import JsonDoc
 from dstack.names import RUN_NAME, did_you_mean
 from dstack.run.record import list_run_names, load_run, now, run_stack_name
 from dstack.store.base import Store
 from dstack.store.keys import stack_key
 
 
+class RecordedChange(TypedDict):
+    """A resource an update touched, as dstack recorded it (a `ResourceChange`)."""
+
+    op: str
+    type: str
+    name: str
+
+
+class AuditEntry(TypedDict):
+    """One update of a run's stack, as `audit_trail` tells it."""
+
+    version: int
+    kind: str
+    result: str
+    start: str
+    end: str | None
+    changes: dict[str, int] | None
+    resources: list[RecordedChange] | None
+    pulumi_changes: dict[str, int]
+
+
 def record_update(store: Store, run: str, kind: str, changes: list[ResourceChange]) -> None:
     """Remember which resources an update of the run's stack changed."""
 
-    def mutate(doc: dict[str, Any]) -> dict[str, Any]:
+    def mutate(doc: JsonDoc) -> JsonDoc:
         updates = list(doc.get("updates", []))
         updates.append({"kind": kind, "at": now(), "changes": [asdict(c) for c in changes]})
         return {"version": 1, "updates": updates}
@@ -33,7 +55,7 @@ def record_update(store: Store, run: str, kind: str, changes: list[ResourceChang
     store.update_json(stack_key(run), mutate)
 
 
-def audit_trail(store: Store, run: str, history: list[UpdateRecord]) -> list[dict[str, Any]]:
+def audit_trail(store: Store, run: str, history: list[UpdateRecord]) -> list[AuditEntry]:
     """Each update of the run's stack, oldest first.
 
     `version` is the update's number in the stack's history (1 for the first). `resources`
@@ -48,10 +70,10 @@ def audit_trail(store: Store, run: str, history: list[UpdateRecord]) -> list[dic
         recorded = store.get_json(stack_key(run)).get("updates", [])
     except Exception:
         recorded = []
-    by_kind: dict[str, list[dict[str, Any]]] = {}
+    by_kind: dict[str, list[JsonDoc]] = {}
     for item in recorded:
         by_kind.setdefault(item["kind"], []).append(item)
-    trail = []
+    trail: list[AuditEntry] = []
     for update in history:
         kind = "up" if update.kind == "update" else update.kind
         names = by_kind.get(kind, [])
@@ -70,7 +92,7 @@ class Audit:
     `pulumi stack history` command that lists the same updates."""
 
     run: str
-    updates: list[dict[str, Any]]
+    updates: list[AuditEntry]
     removed: bool
     command: str
 

@@ -10,12 +10,14 @@ the listing, and the cache can be deleted at any time. A process loads the cache
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 
 from dstack.durations import elapsed_s
 from dstack.errors import NotFoundError, StoreError
 from dstack.home import write_private
+from dstack.json_types import JsonDoc
 from dstack.run.record import TERMINAL, public_url
 from dstack.store.base import Store
 from dstack.store.keys import RUNS, TAGS, run_key, tag_of
@@ -26,15 +28,51 @@ LISTED = ("name", "workflow", "project", "provider", "status", "submitted_at", "
 """The fields of a settled run that listings read (and `job.artifacts`, as paths)."""
 CACHE_VERSION = 3
 """Of the cache file; a cache of another version (2 kept no `project`) is rebuilt."""
-_loaded: dict[Path, dict[str, Any]] = {}
 
 
-def settled(doc: dict[str, Any]) -> bool:
+class _TagEntry(TypedDict):
+    """A tag document in the cache, with the store's version token of it."""
+
+    v: str
+    doc: JsonDoc
+
+
+class _Cache(TypedDict, total=False):
+    """The cache file: of which store, the settled runs (`LISTED` fields) and the tags."""
+
+    version: int
+    store: str
+    runs: dict[str, JsonDoc]
+    tags: dict[str, _TagEntry]
+
+
+class RunSummary(TypedDict):
+    """A run as `dstack ps` shows it (`run_summary`); fields a document lacks are None."""
+
+    run: str | None
+    workflow: str
+    project: str | None
+    provider: str | None
+    status: str | None
+    submitted: str | None
+    duration: float | None
+    backend: str | None
+    tags: list[str]
+    artifacts: list[str]
+    apps: list[str]
+    exit_code: int | None
+    message: str | None
+
+
+_loaded: dict[Path, _Cache] = {}
+
+
+def settled(doc: Mapping[str, object]) -> bool:
     """A run document that will not change any more."""
     return doc.get("status") in _FINAL and bool(doc.get("torn_down"))
 
 
-def _load(path: Path | None, store: Store) -> dict[str, Any]:
+def _load(path: Path | None, store: Store) -> _Cache:
     """The cache of `store` (empty when missing, unreadable or of another store)."""
     if path is None:
         return {}
@@ -43,18 +81,19 @@ def _load(path: Path | None, store: Store) -> dict[str, Any]:
             doc = json.loads(path.read_bytes())
         except (OSError, ValueError):
             doc = {}
-        _loaded[path] = doc if isinstance(doc, dict) and doc.get("version") == CACHE_VERSION else {}
-    doc = _loaded[path]
-    return doc if doc.get("store") == store.url else {}
+        ours = isinstance(doc, dict) and doc.get("version") == CACHE_VERSION
+        _loaded[path] = cast("_Cache", doc) if ours else {}  # of this version: as it was saved
+    loaded = _loaded[path]
+    return loaded if loaded.get("store") == store.url else {}
 
 
-def _save(path: Path | None, doc: dict[str, Any]) -> None:
+def _save(path: Path | None, doc: _Cache) -> None:
     if path is not None:
         write_private(path, json.dumps(doc, separators=(",", ":")).encode())
         _loaded[path] = doc
 
 
-def _listed(doc: dict[str, Any]) -> dict[str, Any]:
+def _listed(doc: JsonDoc) -> JsonDoc:
     """What the cache keeps of a settled run's document."""
     out = {k: doc.get(k) for k in LISTED}
     out["job"] = {"artifacts": [{"path": a.get("path")}
@@ -62,12 +101,12 @@ def _listed(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
+def run_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
     """Every run document, newest first; with a cache, settled runs have only the `LISTED`
     fields (read the run itself for more)."""
     whole = _load(cache, store)
-    cached: dict[str, Any] = whole.get("runs", {})
-    fresh: dict[str, Any] = {}
+    cached = whole.get("runs", {})
+    fresh: dict[str, JsonDoc] = {}
     dirty = False
     for name in store.list_dirs(RUNS):
         doc = cached.get(name)
@@ -86,7 +125,7 @@ def run_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
     return sorted(fresh.values(), key=lambda d: str(d.get("submitted_at", "")), reverse=True)
 
 
-def project_runs(docs: list[dict[str, Any]], project: str | None) -> list[dict[str, Any]]:
+def project_runs(docs: list[JsonDoc], project: str | None) -> list[JsonDoc]:
     """The documents of runs of `project` (None: of the unknown project, recorded before
     runs had one)."""
     return [d for d in docs if d.get("project") == project]
@@ -96,8 +135,8 @@ RECENT = 10
 """How many of the newest runs `dstack ps` lists, besides the unfinished ones, without -a."""
 
 
-def shown_runs(docs: list[dict[str, Any]], project: str | None, *, all_projects: bool = False,
-               all_runs: bool = False) -> list[dict[str, Any]]:
+def shown_runs(docs: list[JsonDoc], project: str | None, *, all_projects: bool = False,
+               all_runs: bool = False) -> list[JsonDoc]:
     """The run documents (newest first, as `run_docs` gives them) that `dstack ps` lists: of
     `project` unless `all_projects`; of those, the unfinished ones and the `RECENT` newest,
     or every one with `all_runs`."""
@@ -109,11 +148,11 @@ def shown_runs(docs: list[dict[str, Any]], project: str | None, *, all_projects:
     return [d for d in docs if d.get("status") not in _FINAL or d.get("name") in recent]
 
 
-def tag_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
+def tag_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
     """Every tag document, newest first (unchanged ones from the cache)."""
     whole = _load(cache, store)
-    cached: dict[str, Any] = whole.get("tags", {})
-    fresh: dict[str, Any] = {}
+    cached = whole.get("tags", {})
+    fresh: dict[str, _TagEntry] = {}
     dirty = False
     for key, version in store.list_versions(TAGS).items():
         if tag_of(key) is None:
@@ -134,7 +173,7 @@ def tag_docs(store: Store, cache: Path | None = None) -> list[dict[str, Any]]:
     return sorted(docs, key=lambda d: str(d.get("created_at", "")), reverse=True)
 
 
-def run_summary(doc: dict[str, Any], tags: list[str], now: float) -> dict[str, Any]:
+def run_summary(doc: JsonDoc, tags: list[str], now: float) -> RunSummary:
     """A run as `dstack ps` shows it, from its document."""
     start = doc.get("started_at") or doc.get("submitted_at")
     duration = round(elapsed_s(start, doc.get("finished_at"), now), 1) if start else None

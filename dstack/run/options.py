@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from dstack.errors import UsageError
+from dstack.json_types import JsonDoc
 from dstack.spec.problems import format_path
 from dstack.spec.validation import check_workflow
 
@@ -32,7 +32,7 @@ class RunOptions:
     tag: str | None = None
 
 
-def apply_options(data: dict[str, Any], opts: RunOptions) -> dict[str, Any]:
+def apply_options(data: JsonDoc, opts: RunOptions) -> JsonDoc:
     """The workflow fields with the command line's flags applied."""
     data = dict(data)
     data["depends-on"] = [*data.get("depends-on", []), *opts.deps]
@@ -84,7 +84,7 @@ def _flag_of(path: tuple[object, ...]) -> str | None:
             "requirements": "--requirements"}.get(str(head))
 
 
-def check_flags(provider: str, flags: dict[str, Any]) -> None:
+def check_flags(provider: str, flags: Mapping[str, object]) -> None:
     """Validate the values the flags give, blaming the flag (not the workflow file)."""
     _wf, problems = check_workflow({"provider": provider, **flags})
     for problem in problems:

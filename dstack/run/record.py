@@ -8,13 +8,14 @@ and a terminal status is never overwritten.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dstack.errors import NotFoundError, StoreError, UsageError
+from dstack.json_types import JsonDoc
 from dstack.names import did_you_mean, run_name_candidates
 from dstack.run.job import Job
 from dstack.store.base import Store
@@ -83,11 +84,11 @@ class RunRecord(BaseModel):
     tag: str | None = Field(None, description="Tag to add when the run succeeds.")
     stack: str
     torn_down: bool = False
-    instance: dict[str, Any] = Field(default_factory=dict)
+    instance: JsonDoc = Field(default_factory=dict)
     price_per_hour: float | None = None
     apps: list[App] = Field(default_factory=list)
-    submitter: dict[str, Any] = Field(default_factory=dict,
-                                      description="Host and pid of the CLI that submitted it.")
+    submitter: JsonDoc = Field(default_factory=dict,
+                               description="Host and pid of the CLI that submitted it.")
     detached: bool = False
 
     def app_url(self, app: App) -> str:
@@ -106,7 +107,7 @@ def run_stack_name(name: str) -> str:
     return f"run-{name}"
 
 
-def create_run(store: Store, make: Any) -> RunRecord:
+def create_run(store: Store, make: Callable[[str], RunRecord]) -> RunRecord:
     """Claim a fresh run name and store the record `make(name)` under it, atomically."""
     for attempt, name in enumerate(run_name_candidates()):
         record: RunRecord = make(name)
@@ -153,14 +154,14 @@ def list_run_names(store: Store) -> list[str]:
     return store.list_dirs(RUNS)
 
 
-def update_run(store: Store, name: str, **changes: Any) -> RunRecord:
+def update_run(store: Store, name: str, **changes: object) -> RunRecord:
     """Apply `changes` to the run's document unless it already finished.
 
     A change of `status` to a terminal one stamps `finished_at`. Once a run is finished only
     bookkeeping fields (`torn_down`, `instance`, `apps`, `message`) may still change.
     """
 
-    def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
+    def mutate(doc: JsonDoc) -> JsonDoc | None:
         if not doc:
             raise NotFoundError(f"no run named {name!r}")
         current = RunRecord.model_validate(doc)

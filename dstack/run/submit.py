@@ -17,13 +17,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from dstack.code.packaging import DEFAULT_MAX_BYTES, CodeInventory, scan_code, write_code
 from dstack.code.uploads import upload_code
 from dstack.config.profiles import Profile
 from dstack.errors import NotFoundError, SpecError, UsageError
 from dstack.interrupts import Deferred
+from dstack.json_types import JsonDoc
 from dstack.names import did_you_mean
 from dstack.run.context import Context, Say, quiet
 from dstack.run.following import Cursor, attach, write_new_records
@@ -89,7 +90,7 @@ def workflows_for(project_dir: Path, target: str) -> tuple[Workflows, str | None
 
 
 def _target_data(project_dir: Path, target: str, positional: Sequence[str]
-                 ) -> tuple[dict[str, Any], list[str], str, str | None, str | None]:
+                 ) -> tuple[JsonDoc, list[str], str, str | None, str | None]:
     """(workflow fields, pass-through args, origin, workflow name, warning) for `dstack run
     TARGET`."""
     workflows, warning = workflows_for(project_dir, target)
@@ -183,7 +184,7 @@ def _resolve_dep(ctx: Context, project_dir: Path, target: str, dep: DepRef,
 
 
 def _check_files(ctx: Context, project_dir: Path, target: str, wf: Workflow, name: str | None,
-                 cli_fields: Mapping[str, Any], opts: RunOptions, deps: Sequence[RunRecord],
+                 cli_fields: Mapping[str, object], opts: RunOptions, deps: Sequence[RunRecord],
                  code: CodeInventory) -> None:
     """Refuse a run whose workflow names a file neither its code nor its dependencies'
     artifacts will hold (`dstack.spec.files`), blaming the argument or flag that gave the
@@ -238,7 +239,34 @@ def plan_run(ctx: Context, project_dir: Path, target: str, positional: Sequence[
                    stored_env=stored)
 
 
-def dry_run(ctx: Context, plan: RunPlan) -> dict[str, Any]:
+class CodeSize(TypedDict):
+    files: int
+    bytes: int
+
+
+class PlannedStack(TypedDict):
+    """A stack a run would bring up, and each resource it would declare."""
+
+    name: str
+    resources: list[dict[str, str]]
+
+
+class DryRun(TypedDict):
+    """What `dstack run --dry-run` shows (`dry_run`)."""
+
+    workflow: str | None
+    project: str | None
+    provider: str
+    profile: str
+    backend: str
+    deps: list[str]
+    job: dict[str, object]
+    instance: dict[str, str] | None
+    code: CodeSize
+    stacks: list[PlannedStack]
+
+
+def dry_run(ctx: Context, plan: RunPlan) -> DryRun:
     """What `dstack run --dry-run` shows: the job, the instance and its price, and every
     resource of each stack a run would bring up (the profile's workspace stack too, until its
     first run has created it). Creates nothing and asks no cloud API."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dstack.errors import NotFoundError, UsageError
+from dstack.json_types import JsonDoc
 from dstack.names import did_you_mean
 from dstack.run.listing import run_docs, tag_docs
 from dstack.run.project import project_label
@@ -57,7 +57,7 @@ def add_tag(store: Store, tag: str, run: RunRecord, *, replace: bool = False) ->
         raise UsageError(f"run {run.name} is {run.status.value}, not done",
                          "Only runs that finished successfully can be tagged.")
     doc = Tag(name=tag, run=run.name, workflow=run.workflow)
-    payload: dict[str, Any] = doc.model_dump(mode="json")
+    payload: JsonDoc = doc.model_dump(mode="json")
     if replace:
         store.put_json(tag_key(tag), payload)
     elif not store.create_json(tag_key(tag), payload):
@@ -111,7 +111,7 @@ def tags_of(store: Store, cache: Path | None = None) -> dict[str, list[str]]:
     return out
 
 
-def _successful(store: Store, workflow: str, cache: Path | None) -> list[dict[str, Any]]:
+def _successful(store: Store, workflow: str, cache: Path | None) -> list[JsonDoc]:
     """Documents of the successful runs of `workflow` in every project, newest first."""
     return [doc for doc in run_docs(store, cache)
             if doc.get("workflow") == workflow and doc.get("status") == Status.DONE.value]

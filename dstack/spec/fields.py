@@ -66,7 +66,7 @@ def _count(value: object) -> object:
     return value
 
 
-def _size(value: object, info: ValidationInfo) -> int:
+def _size(value: object, info: ValidationInfo[Mapping[str, object] | None]) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and \

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import GenericAlias
-from typing import Annotated, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -30,6 +30,7 @@ from pydantic import (
     create_model,
 )
 
+from dstack.json_types import JsonDoc
 from dstack.spec.fields import (
     Count,
     Environment,
@@ -40,6 +41,9 @@ from dstack.spec.fields import (
     relative_path,
 )
 from dstack.spec.registry import PROVIDERS, provider_params
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeForm  # what create_model takes as a field's type
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _NAME = re.compile(NAME_PATTERN)
@@ -243,7 +247,7 @@ def workflow_model(provider: str) -> type[Workflow]:
     clash = set(params.model_fields) & set(Workflow.model_fields)
     if clash:
         raise TypeError(f"{params.__qualname__} redefines common fields: {sorted(clash)}")
-    tag: Any = Literal[provider]  # a type made at run time, which mypy cannot name
+    tag = cast("TypeForm[object]", Literal[provider])  # made at run time: mypy cannot name it
     model = create_model(
         f"{provider.capitalize()}Workflow",
         __base__=(params, Workflow),  # common fields first in the schema
@@ -254,12 +258,13 @@ def workflow_model(provider: str) -> type[Workflow]:
     return cast("type[Workflow]", model)
 
 
-def workflow_file_schema() -> dict[str, Any]:
+def workflow_file_schema() -> JsonDoc:
     """JSON Schema of a workflow file: `{workflows: [one of the provider workflows]}`."""
     models = [workflow_model(name) for name in PROVIDERS]
     # Types made at run time, which mypy cannot name: one of the models, told by `provider`.
-    item: Any = Annotated[functools.reduce(operator.or_, models), Field(discriminator="provider")]
-    workflows: Any = GenericAlias(list, item)
+    one_of = functools.reduce(operator.or_, models)
+    item: object = Annotated[one_of, Field(discriminator="provider")]
+    workflows = cast("TypeForm[object]", GenericAlias(list, item))
     file_model = create_model(
         "WorkflowFile",
         __base__=SpecModel,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import codecs
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import yaml
 
@@ -23,7 +24,18 @@ from dstack.spec.problems import FieldPath, Problem, spec_error
 
 MAX_NODES = 200_000
 _MERGE = "tag:yaml.org,2002:merge"
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _YamlLoader(Protocol):
+    """What is used of PyYAML's (C)SafeLoader, which ships no types."""
+
+    def get_single_node(self) -> yaml.Node | None: ...
+    def construct_object(self, node: yaml.Node) -> object: ...
+    def flatten_mapping(self, node: yaml.MappingNode) -> None: ...
+    def dispose(self) -> None: ...
+
+
+_Loader: Callable[[str], _YamlLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -48,7 +60,7 @@ def _at(node: yaml.Node) -> tuple[int, int]:
 class _Builder:
     """Plain data from a composed node tree, recording where each key and value is."""
 
-    def __init__(self, loader: Any, origin: str) -> None:
+    def __init__(self, loader: _YamlLoader, origin: str) -> None:
         self.loader, self.origin = loader, origin
         self.marks, self.problems, self.count = Marks(), list[Problem](), 0
         self.active: set[int] = set()

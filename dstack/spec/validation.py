@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any, get_args
+from typing import get_args
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from dstack.spec.fields import UNITS_REQUIRED, describe
 from dstack.spec.models import Workflow, workflow_model
@@ -35,7 +36,7 @@ _EXPECTED = {
 }
 
 
-def _plain(error: Mapping[str, Any]) -> str:
+def _plain(error: ErrorDetails) -> str:
     """A pydantic error in plain words."""
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     if kind in ("value_error", "assertion_error") and "error" in ctx:
@@ -51,7 +52,7 @@ def _plain(error: Mapping[str, Any]) -> str:
     return str(error["msg"])
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def _model_in(annotation: object) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in get_args(annotation):
@@ -137,7 +138,7 @@ def check_workflow(
     return None, problems
 
 
-def validate_workflow(data: Mapping[str, Any], *, origin: str = COMMAND_LINE) -> Workflow:
+def validate_workflow(data: Mapping[str, object], *, origin: str = COMMAND_LINE) -> Workflow:
     """The workflow `data` describes (`name` may be absent); `SpecError` listing every problem."""
     workflow, problems = check_workflow(data, origin=origin)
     if problems or workflow is None:

@@ -13,13 +13,11 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from dstack.errors import StoreError, UsageError
+from dstack.json_types import JsonDoc as JsonDoc  # the stores' documents (re-exported)
 from dstack.lazy import load_class
-
-JsonDoc = dict[str, Any]
 
 
 def check_key(key: str) -> str:

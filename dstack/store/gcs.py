@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import google.auth.exceptions as gauth
@@ -52,6 +53,25 @@ def _prefix(path: str) -> str:
     """A store prefix inside the bucket: '' or 'a/b/'."""
     path = path.strip("/")
     return check_key(path) + "/" if path else ""
+
+
+class _Blob(Protocol):
+    """What a listed blob is read for (google-cloud-storage ships no types)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def generation(self) -> int | None: ...
+    @property
+    def updated(self) -> datetime | None: ...
+
+
+class _Listing(Protocol):
+    """A listing's page iterator: its blobs, then (with a delimiter) the prefixes it met."""
+
+    @property
+    def prefixes(self) -> set[str]: ...
+    def __iter__(self) -> Iterator[_Blob]: ...
 
 
 class GCSStore(Store):
@@ -168,9 +188,9 @@ class GCSStore(Store):
         with self._errors(key, "lookup"):
             return bool(self._blob(key).exists(retry=DEFAULT_RETRY))
 
-    def _blobs(self, prefix: str, **kwargs: Any) -> Iterator[Any]:
+    def _blobs(self, prefix: str, **kwargs: object) -> _Listing:
         """The page iterator of a listing (it pages through every result)."""
-        blobs: Iterator[Any] = self.client.list_blobs(
+        blobs: _Listing = self.client.list_blobs(
             self.bucket, prefix=self.prefix + _prefix(prefix), retry=DEFAULT_RETRY, **kwargs)
         return blobs
 
@@ -193,7 +213,7 @@ class GCSStore(Store):
     def list_dirs(self, prefix: str) -> builtins.list[str]:
         cut = len(self.prefix + _prefix(prefix))
         with self._errors(prefix, "listing"):
-            pages: Any = self._blobs(prefix, delimiter="/")
+            pages = self._blobs(prefix, delimiter="/")
             names = {b.name[cut:] for b in pages}
             names.update(p[cut:].rstrip("/") for p in pages.prefixes)
         return sorted(n for n in names if n)

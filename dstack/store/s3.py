@@ -24,8 +24,9 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import boto3
@@ -68,6 +69,25 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+class _Object(TypedDict):
+    """What a listing says of an object (the fields read of it)."""
+
+    Key: str
+    ETag: str
+    LastModified: datetime
+
+
+class _CommonPrefix(TypedDict):
+    Prefix: str
+
+
+class _Page(TypedDict, total=False):
+    """A page of `list_objects_v2` (the fields read of it)."""
+
+    Contents: list[_Object]
+    CommonPrefixes: list[_CommonPrefix]
+
+
 class S3Store(Store):
     """Objects under `prefix` in an S3 bucket."""
 
@@ -96,7 +116,8 @@ class S3Store(Store):
         config = Config(max_pool_connections=4 * CONCURRENCY,
                         retries={"mode": "standard", "max_attempts": 5},
                         s3={"addressing_style": "path"} if self.endpoint_url else None)
-        self.client: Any = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        # boto3 ships no types: the client is untyped (its listing pages are `_Page`s).
+        self.client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
 
     @classmethod
     def from_url(cls, url: str) -> S3Store:
@@ -275,7 +296,7 @@ class S3Store(Store):
             return False
         return True
 
-    def _pages(self, prefix: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    def _pages(self, prefix: str, **kwargs: object) -> Iterator[_Page]:
         with self._errors(prefix, "listing"):
             paginator = self.client.get_paginator("list_objects_v2")
             yield from paginator.paginate(Bucket=self.bucket, Prefix=self._list_prefix(prefix),
