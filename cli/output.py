@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, TextIO
 
-from dstack.cli.lines import DSTACK, LineKeeper, Target
+from dstack.lines import DSTACK, LineKeeper, Target
 
 if TYPE_CHECKING:
     from rich.console import Console

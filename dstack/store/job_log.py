@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Literal
 
 from dstack.errors import NotFoundError, StoreError
+from dstack.lines import LineKeeper, Target
 from dstack.store.base import Store
 from dstack.store.keys import LOG_SUFFIX, log_chunk_key, log_prefix
 from dstack.store.secrets import mask
+
+LOCAL_COPY: Target = (0, 0)
+"""The one target of the runner's local copy of the log."""
 
 Stream = Literal["out", "err", "dstack"]
 """Which stream a record belongs to: the job's stdout, the job's stderr, or dstack's lines."""
@@ -97,7 +101,7 @@ class LogShipper:
     With `eager_s`, output that comes after a quiet spell of at least `eager_s` is shipped at
     once by `write` (the first line of a job reaches its follower without waiting for the next
     periodic `flush`); steady output still goes in chunks, at most one per `eager_s`.
-    `local_copy` gets the log as one text, each dstack line on a line of its own.
+    `local_copy` gets the log as one text whose lines stay whole (`dstack.lines`).
     """
 
     def __init__(self, store: Store, run: str, local_copy: Path | None = None,
@@ -112,7 +116,7 @@ class LogShipper:
         self._seq = len(store.list(log_prefix(run)))
         self._last_ship: float | None = None  # never shipped (monotonic time counts from boot)
         self._hidden: list[bytes] = []
-        self._copy_mid_line = False
+        self._copy_lines = LineKeeper()
 
     def hide(self, values: list[str]) -> None:
         """Mask these (secret) values wherever they appear in the output from now on."""
@@ -127,12 +131,8 @@ class LogShipper:
         with self._lock:
             self._records.append((stream, data))
             if self.local_copy is not None:
-                copy = data
-                if stream == "dstack" and self._copy_mid_line:
-                    copy = b"\n" + data
-                self._copy_mid_line = not copy.endswith(b"\n")
                 with open(self.local_copy, "ab") as f:
-                    f.write(copy)
+                    f.write(self._copy_lines.write(LOCAL_COPY, stream, data))
         if self.eager_s is not None and (self._last_ship is None or
                                         time.monotonic() - self._last_ship >= self.eager_s):
             with contextlib.suppress(StoreError):  # the next periodic flush retries, and says

@@ -1,8 +1,8 @@
-"""Where lines start when a run's output meets dstack's lines (`dstack.cli.lines`)."""
+"""Where lines start when a run's output meets dstack's lines (`dstack.lines`)."""
 
 from __future__ import annotations
 
-from dstack.cli.lines import DSTACK, LineKeeper
+from dstack.lines import DSTACK, LineKeeper
 
 TTY = (0, 1)
 FILE = (0, 2)

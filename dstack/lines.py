@@ -1,10 +1,11 @@
 """Where lines start when a run's output meets dstack's own lines on one terminal or file.
 
 The job's stdout and stderr arrive through two pipes, so their relative order is close but
-not exact, and dstack's status lines come from the CLI. On one target (a terminal, or a file
-that both stdout and stderr go to) a line left open by one writer is ended before another
-writer starts: dstack's `[dstack]` line, or the job's other stream. The newline the job was
-about to write next is then the one already written, and is dropped.
+not exact, and dstack's lines come between them (the runner's in the log, the CLI's status
+lines). On one target (a terminal, a file that both stdout and stderr go to, the runner's
+`job.log`) a line left open by one writer is ended before another writer starts: a
+`[dstack]` line, or the job's other stream. The newline the job was about to write next is
+then the one already written, and is dropped.
 """
 
 from __future__ import annotations
