@@ -217,9 +217,7 @@ def load_workflows(project_dir: Path) -> Workflows:
     entries: list[_Entry] = []
     problems: list[Problem] = []
     for path in files:
-        origin = _origin(path, project_dir)
-        data, marks = parse_yaml(read_text(path, origin, MAX_FILE_BYTES), origin)
-        found, file_problems = _check_file(data, path, origin, marks)
+        _data, found, file_problems = _read_file(path, project_dir)
         entries += found
         problems += file_problems
     if not problems:
@@ -230,6 +228,15 @@ def load_workflows(project_dir: Path) -> Workflows:
     if problems:
         raise spec_error(problems)
     return _workflows(entries, files)
+
+
+def _read_file(path: Path, project_dir: Path) -> tuple[object, list[_Entry], list[Problem]]:
+    """One workflow file: its parsed data, its workflows and its problems (a `SpecError`
+    when it cannot be read as YAML at all)."""
+    origin = _origin(path, project_dir)
+    data, marks = parse_yaml(read_text(path, origin, MAX_FILE_BYTES), origin)
+    found, problems = _check_file(data, path, origin, marks)
+    return data, found, problems
 
 
 def _workflows(entries: list[_Entry], files: Sequence[Path]) -> Workflows:
@@ -248,10 +255,8 @@ def runnable_workflows(project_dir: Path) -> tuple[Workflows, frozenset[str] | N
     entries: list[_Entry] = []
     names: list[str] = []
     for path in files:
-        origin = _origin(path, project_dir)
         try:
-            data, marks = parse_yaml(read_text(path, origin, MAX_FILE_BYTES), origin)
-            found, problems = _check_file(data, path, origin, marks)
+            data, found, problems = _read_file(path, project_dir)
         except SpecError:
             return Workflows(files=files), None
         if any(len(p.path) < 2 or p.path[0] != "workflows" for p in problems):
