@@ -97,7 +97,7 @@ def main() -> None:
     except (BrokenPipeError, output.ReaderGone):
         # The reader of stdout left (`dstack ps | head`): stop quietly, as a command that
         # SIGPIPE ended does; stdout points at /dev/null so the flush at exit is quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        output.stdout_to_devnull()
         sys.exit(128 + 13)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

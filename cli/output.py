@@ -87,8 +87,14 @@ def _stdout_kept() -> Iterator[None]:
     try:
         yield
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        stdout_to_devnull()
         raise ReaderGone from None
+
+
+def stdout_to_devnull() -> None:
+    """Point stdout at /dev/null: its reader is gone, and later writes (the flush at exit
+    too) must not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def write_log(stream: Stream, data: bytes) -> None:
