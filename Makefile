@@ -24,6 +24,7 @@ engine: $(STAMP)
 
 test: setup
 	bash scripts/system-deps.sh
+	bash scripts/kube-tools.sh install
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh
 	$(BIN)/pytest

@@ -1,4 +1,5 @@
-"""`dstack config add|set|list|show|remove|default`: profiles (local, aws, gcp)."""
+"""`dstack config add|set|list|show|remove|default`: profiles (local, aws, gcp,
+kubernetes)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from dstack.cli import output
 from dstack.cli.options import JsonOpt, Yes, confirm
 from dstack.home import dstack_home, private_dir
 
-config_app = typer.Typer(help="Profiles: where runs go (local, aws, gcp).", no_args_is_help=True)
+config_app = typer.Typer(help="Profiles: where runs go (local, aws, gcp, kubernetes).",
+                         no_args_is_help=True)
 add_app = typer.Typer(help="Add a profile.", no_args_is_help=True)
 config_app.add_typer(add_app, name="add")
 
@@ -66,6 +68,31 @@ def add_gcp(
     profile, identity = build(name, project=project, zone=zone, credentials=credentials,
                               bucket=bucket, state_url=state_url, check=not skip_check)
     _saved(profile, identity, default)
+
+
+@add_app.command("kubernetes")
+def add_kubernetes(
+    name: Name,
+    kubeconfig: Annotated[str, typer.Option("--kubeconfig", help="The cluster's kubeconfig "
+                                            "file (read where it is, never copied).")],
+    store: Annotated[str, typer.Option("--store", help="Where runs, logs and artifacts live, "
+                                       "reachable from the pods: s3://BUCKET[?endpoint_url=URL"
+                                       "&profile=AWS_PROFILE] or gs://BUCKET.")],
+    context: Annotated[str | None, typer.Option("--context", help="The kubeconfig context "
+                                                "(default: its current one).")] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", help="Where the pods go "
+                                                  "(default: the context's, else default).")
+                         ] = None,
+    image: Annotated[str | None, typer.Option("--image", help="The pods' image; it needs bash "
+                                              "and python3 (default: python:3.11-slim).")] = None,
+    state_url: StateUrl = None, default: Default = False, skip_check: SkipCheck = False,
+) -> None:
+    """A Kubernetes profile; the cluster, the namespace and the store are checked now."""
+    from dstack.config.cloud_profiles import kubernetes_profile as build
+
+    profile, found = build(name, kubeconfig=kubeconfig, context=context, namespace=namespace,
+                           store=store, image=image, state_url=state_url, check=not skip_check)
+    _saved(profile, found, default)
 
 
 @add_app.command("local")

@@ -60,7 +60,8 @@ class UpdateRecord:
 @runtime_checkable
 class Backend(Protocol):
     """Everything the core asks of a backend: every backend (`dstack.stacks.local`, `aws`,
-    `gcp`) is a class of this shape, constructed as `cls(profile, home)` (`BackendClass`)."""
+    `gcp`, `kubernetes`) is a class of this shape, constructed as `cls(profile, home)`
+    (`BackendClass`)."""
 
     name: str
     """The backend's name: its key in `BACKENDS`, the `backend` of its profiles."""
@@ -120,6 +121,7 @@ BACKENDS: dict[str, str] = {
     "local": "dstack.stacks.local:LocalBackend",
     "aws": "dstack.stacks.aws:AwsBackend",
     "gcp": "dstack.stacks.gcp:GcpBackend",
+    "kubernetes": "dstack.stacks.kubernetes:KubernetesBackend",
 }
 """Backend name → `module:class`, imported only when a profile of that backend is used."""
 

@@ -1,4 +1,5 @@
-"""Building cloud profiles from `dstack config add aws|gcp ...`, with a credentials check.
+"""Building cloud profiles from `dstack config add aws|gcp|kubernetes ...`, with a check of
+their credentials.
 
 The check runs the backend's own checker (imported lazily: it uses the cloud SDKs), so a
 profile is only saved when its credentials work, unless the user asks to skip the check.
@@ -19,6 +20,7 @@ from dstack.names import slug
 CHECKS: dict[str, str] = {
     "aws": "dstack.stacks.credentials:check_aws",
     "gcp": "dstack.stacks.credentials:check_gcp",
+    "kubernetes": "dstack.stacks.kube_credentials:check_kubernetes",
 }
 """Backend → `module:function` checking a profile's credentials."""
 
@@ -80,3 +82,24 @@ def gcp_profile(name: str, *, project: str, zone: str, credentials: str | None,
     bucket = bucket or _bucket_name(["dstack", project, name])
     settings.update(bucket=bucket, store_url=f"gs://{bucket}?{urlencode({'project': project})}")
     return Profile(name=name, backend="gcp", state_url=state_url, settings=settings), identity
+
+
+def kubernetes_profile(name: str, *, kubeconfig: str, context: str | None,
+                       namespace: str | None, store: str, image: str | None,
+                       state_url: str | None, check: bool = True
+                       ) -> tuple[Profile, dict[str, str]]:
+    """A `kubernetes` profile; what the check found (empty when not checked)."""
+    from pathlib import Path
+
+    _check_common(None, state_url)
+    path = Path(kubeconfig).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--kubeconfig {kubeconfig}: no such file",
+                         "Give the path of the cluster's kubeconfig, e.g. ~/.kube/config.")
+    settings = {"kubeconfig": str(path.resolve()), "store_url": store}
+    for key, value in (("context", context), ("namespace", namespace), ("image", image)):
+        if value:
+            settings[key] = value
+    found = _checker("kubernetes")(settings) if check else {}
+    return Profile(name=name, backend="kubernetes", state_url=state_url,
+                   settings=settings), found
