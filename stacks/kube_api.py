@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,12 +69,17 @@ class KubeApi:
             raise UsageError(f"kubeconfig {self.kubeconfig} does not exist",
                              "Give the path of a kubeconfig file (--kubeconfig).")
         try:
-            return config.new_client_from_config(config_file=self.kubeconfig,
-                                                 context=self.context,
-                                                 persist_config=False)
+            client = config.new_client_from_config(config_file=self.kubeconfig,
+                                                   context=self.context,
+                                                   persist_config=False)
         except (config.ConfigException, ValueError, OSError) as exc:
             raise UsageError(f"kubeconfig {self.kubeconfig} does not load: {exc}",
                              "Check the file and the context (--context) it names.") from exc
+        if not client.configuration.verify_ssl:  # the kubeconfig says so; no warning a call
+            import urllib3
+
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        return client
 
     @property
     def cluster(self) -> str:

@@ -93,8 +93,12 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     "gcp": ("project", "region", "zone", "credentials", "bucket", "store_url",
             "bucket_location", "kms_key", "network", "subnetwork", "image", "secure_boot",
             "service_account_id", "caller_cidr", "max_duration", "wheel", "max_code_size"),
+    "kubernetes": ("kubeconfig", "context", "namespace", "store_url", "image", "caller_cidr",
+                   "schedule_timeout", "max_duration", "aws_profile", "gcp_credentials",
+                   "wheel", "max_code_size"),
 }
-"""The settings each backend reads (docs/clouds.md says what each does; `max_code_size`,
+"""The settings each backend reads (docs/clouds.md and docs/kubernetes.md say what each does;
+`max_code_size`,
 default 100MB, is the most a run's packaged code may hold)."""
 SIZES = ("max_code_size",)
 """Settings that are sizes (`500MB`), checked when set."""

@@ -12,6 +12,7 @@ The tools come from `scripts/kube-tools.sh install` (run by `make test`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -76,6 +77,7 @@ NODES = (
 """The test cluster's nodes: 8 H100s, 1 A10G (both tainted), a CPU node."""
 
 
+@functools.cache
 def tools() -> Path:
     """The folder with `kubelite` and `pulumi-resource-kubernetes` (built when missing)."""
     out = subprocess.run(["bash", str(TOOLS_SCRIPT), "install"], check=True,

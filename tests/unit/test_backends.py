@@ -12,7 +12,8 @@ from dstack.config.backends import BACKENDS, Backend, load_backend
 from dstack.config.profiles import Profile
 
 SETTINGS = {"local": {}, "aws": {"region": "us-east-1"},
-            "gcp": {"project": "p", "zone": "us-central1-a"}}
+            "gcp": {"project": "p", "zone": "us-central1-a"},
+            "kubernetes": {"kubeconfig": "/nonexistent", "store_url": "s3://b"}}
 
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))
