@@ -1,4 +1,4 @@
-"""Commands about runs: run, ps, logs, stop, rm, audit, gc."""
+"""Commands about runs: run, ps, logs, connect, stop, rm, audit, gc."""
 
 from __future__ import annotations
 
@@ -216,6 +216,31 @@ def logs(
                    f"`dstack ps {run_name}` shows what is known")
         return 1
     return _ended(final)
+
+
+@runs_app.command()
+def connect(
+    run_name: Annotated[str, typer.Argument(metavar="RUN")],
+    profile: Profile = None,
+) -> None:
+    """Open a running run's apps from here and print their URLs (on Kubernetes, through a
+    port-forward); they stay open until the run ends or Ctrl-C."""
+    from dstack.errors import UsageError
+    from dstack.run.following import follow
+    from dstack.run.record import load_run
+
+    ctx = open_context(profile)
+    run = load_run(ctx.store, run_name)
+    if run.status.finished:
+        raise UsageError(f"run {run_name} is {run.status.value}: it serves no app any more",
+                         "`dstack ps -a` lists the runs; start the workflow again with "
+                         "`dstack run`.")
+    if not run.job.ports:
+        raise UsageError(f"run {run_name} serves no app", "Apps come from the streamlit, "
+                         "gradio, fastapi, lab, code and notebook providers, or `ports`.")
+    output.say(f"connecting to the apps of {run_name} (Ctrl-C closes them)")
+    follow(ctx, run_name, lambda _stream, _data: None, output.say)
+    output.say(f"{run_name} ended: its apps are closed")
 
 
 @runs_app.command(name="stop")

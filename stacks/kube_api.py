@@ -229,9 +229,12 @@ class KubeApi:
         from kubernetes.stream import portforward
 
         listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", local_port))
-        listener.listen(16)
+        try:
+            listener.bind(("127.0.0.1", local_port))
+            listener.listen(16)
+        except OSError:
+            listener.close()
+            raise
         stop = threading.Event()
         api = CoreV1Api(self.client)
 

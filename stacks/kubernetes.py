@@ -20,6 +20,7 @@ the store, where the runner reads them.
 from __future__ import annotations
 
 import shlex
+from contextlib import ExitStack
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from dstack.config.backends import BackendClass, ResourceChange
 from dstack.config.profiles import Profile
 from dstack.errors import DstackError, UsageError
 from dstack.run.job import Job
-from dstack.run.record import RunRecord, run_stack_name
+from dstack.run.record import App, RunRecord, run_stack_name
 from dstack.runner.bootstrap import render_bootstrap
 from dstack.stacks.caller import normalize_cidr
 from dstack.stacks.instance_spec import (
@@ -69,6 +70,8 @@ class KubernetesBackend(RunStacks):
         super().__init__(profile, home)
         self.cache = home / "cache"
         self._wheel: Wheel | None = None
+        self._forwards = ExitStack()
+        self._forwarded: dict[tuple[str, int], int] = {}
 
     # -- settings ----------------------------------------------------------------------------
 
@@ -242,6 +245,22 @@ class KubernetesBackend(RunStacks):
         return changes, {"cloud": "kubernetes", "id": pod, "pod": pod,
                          "namespace": cfg.namespace, "cluster": self.api.cluster,
                          "node": state.node, "app_ports": list(cfg.app_ports)}
+
+    def app_address(self, run: RunRecord, app: App) -> str:
+        """A local URL for the app: a port-forward to its pod through the API server (on the
+        same port number when it is free here), open while this process runs."""
+        parsed = urlparse(app.url)
+        pod, port = str(run.instance.get("pod") or ""), parsed.port or app.port
+        if not pod or run.status.finished:
+            return app.url
+        key = (pod, port)
+        if key not in self._forwarded:
+            try:
+                local = self._forwards.enter_context(self.api.port_forward(pod, port, port))
+            except OSError:  # the same port is taken here: any free one
+                local = self._forwards.enter_context(self.api.port_forward(pod, port, 0))
+            self._forwarded[key] = local
+        return urlunparse(parsed._replace(netloc=f"127.0.0.1:{self._forwarded[key]}"))
 
     def _pod(self, run: RunRecord) -> tuple[bool, PodState | None]:
         """(whether the cluster answered, the run's pod state or None when it has none)."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from dstack.config.backends import ResourceChange, StackInfo, UpdateRecord
 from dstack.config.profiles import Profile
-from dstack.run.record import run_stack_name
+from dstack.run.record import App, RunRecord, run_stack_name
 from dstack.stacks.file_state import PROJECT_NAME, clear_stale_locks, state_folder
 
 if TYPE_CHECKING:
@@ -56,6 +56,10 @@ class RunStacks:
     def history_command(self, run_name: str) -> str:
         """The `pulumi stack history` shell command for the run stack (holds no secret)."""
         return self.engine.history_command(run_stack_name(run_name))
+
+    def app_address(self, run: RunRecord, app: App) -> str:
+        """The app's own URL, with a cloud instance's public address for `0.0.0.0`."""
+        return run.app_url(app)
 
     def clear_stale_locks(self) -> list[str]:
         """Locks of dead engines in a local state folder, removed after their checkpoints

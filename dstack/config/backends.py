@@ -19,7 +19,7 @@ from dstack.names import did_you_mean
 if TYPE_CHECKING:
     from dstack.config.profiles import Profile
     from dstack.run.job import Job
-    from dstack.run.record import RunRecord
+    from dstack.run.record import App, RunRecord
     from dstack.store.base import Store
 
 
@@ -111,6 +111,10 @@ class Backend(Protocol):
     def runner_gone_reason(self, run: RunRecord) -> str | None:
         """Why the run's runner is gone, when the backend knows (e.g. the cloud's word on
         its instance)."""
+
+    def app_address(self, run: RunRecord, app: App) -> str:
+        """The URL the user opens `app` of `run` at from here; a backend that needs a tunnel
+        for it (Kubernetes: a port-forward) opens one that lasts while this process runs."""
 
 
 BackendClass = Callable[["Profile", Path], Backend]

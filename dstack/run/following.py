@@ -47,7 +47,7 @@ def follow(ctx: Context, run_name: str, write: WriteLog, say: Say = quiet,
         for app in run.apps:
             if app.url not in at.shown:
                 at.shown.add(app.url)
-                say(f"{app.name} is at {run.app_url(app)}")
+                say(f"{app.name} is at {ctx.backend.app_address(run, app)}")
         if run.status.finished or not until_finished:
             write_new_records(ctx, run_name, at, write)
             return run

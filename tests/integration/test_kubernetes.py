@@ -11,7 +11,9 @@ tests/integration/kube_world.py.
 from __future__ import annotations
 
 import json
+import re
 import signal
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -62,12 +64,26 @@ workflows:
   - name: fail
     provider: bash
     commands: ["echo about to fail", "exit 3"]
+  - name: api
+    provider: fastapi
+    app: main:app
 """
+FILES = {
+    "main.py": """
+        from fastapi import FastAPI
+        app = FastAPI()
+
+        @app.get("/")
+        def root() -> dict:
+            return {"hello": "from the pod"}
+    """,
+}
+APP_URL = re.compile(r"is at (http://\S+)")
 
 
 def user(home: Path, tmp_path: Path, world: KubeWorld, wheel: Path) -> KubeDstack:
     """A user with the project and the profile `k8s` (the default) on the test's namespace."""
-    project = write_project(tmp_path / "project", WORKFLOWS)
+    project = write_project(tmp_path / "project", WORKFLOWS, FILES)
     dstack = KubeDstack(home, project, world, {"DSTACK_WHEEL": str(wheel)})
     added = dstack("config", "add", "kubernetes", "k8s", "--kubeconfig", str(world.kubeconfig),
                    "--store", world.store_url, "--default")
@@ -231,3 +247,48 @@ def test_a_cli_killed_while_the_job_runs_leaves_nothing_after_the_job_ends_and_g
     assert record["torn_down"] is True and record["status"] in ("stopped", "aborted")
     assert kube_world.objects() == []
     assert wait_exit(proc, 5) == -signal.SIGKILL
+
+
+def get_json(url: str) -> object:
+    """The JSON an HTTP GET of `url` answers."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.timeout(900)
+def test_an_app_answers_through_a_port_forward_and_connect_opens_it_again(
+        home: Path, tmp_path: Path, kube_world: KubeWorld,  # noqa: F811
+        dstack_wheel: Path) -> None:  # noqa: F811
+    dstack = user(home, tmp_path, kube_world, dstack_wheel)
+
+    # `dstack run` holds a port-forward through the API server and prints a local URL.
+    out, err = tmp_path / "api.out", tmp_path / "api.err"
+    proc = dstack.popen("run", "api", out=out, err=err)
+    url = wait_for("the app's URL", lambda: APP_URL.search(run_output(out, err)), 300)[1]
+    assert url.startswith("http://127.0.0.1:"), url
+    assert get_json(url) == {"hello": "from the pod"}
+    name = SUBMITTED.search(run_output(out, err))[1]  # type: ignore[index]
+    service = kube_world.cluster.get(
+        f"/api/v1/namespaces/{kube_world.namespace}/services/dstack-{name}")
+    assert service is not None and service["spec"]["type"] == "ClusterIP"
+    assert [p["port"] for p in service["spec"]["ports"]] == [8000]
+    policy = kube_world.cluster.get(f"/apis/networking.k8s.io/v1/namespaces/"
+                                    f"{kube_world.namespace}/networkpolicies/dstack-{name}")
+    assert policy is not None and policy["spec"].get("ingress") in (None, [])
+    dstack("stop", name, "-y")
+    assert wait_exit(proc, 120) == 128 + 15, run_output(out, err)  # the app got SIGTERM
+    assert kube_world.objects() == []
+
+    # A detached run: `dstack connect` opens it again, until Ctrl-C.
+    detached = dstack.run_detached("api")
+    out, err = tmp_path / "connect.out", tmp_path / "connect.err"
+    connect = dstack.popen("connect", detached, out=out, err=err)
+    url = wait_for("the app's URL", lambda: APP_URL.search(run_output(out, err)), 300)[1]
+    assert get_json(url) == {"hello": "from the pod"}
+    connect.send_signal(signal.SIGINT)
+    assert wait_exit(connect, 30) == 130, run_output(out, err)
+    assert dstack.record(detached)["status"] == "running"  # closing the tunnel keeps the run
+    dstack("stop", detached, "-y", timeout=300)
+    assert kube_world.objects() == []
+    refused = dstack("connect", detached, expect=2)
+    assert f"run {detached} is stopped" in refused.stderr

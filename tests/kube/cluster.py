@@ -29,7 +29,7 @@ from tests.integration.servers import _stop
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_SCRIPT = ROOT / "scripts" / "kube-tools.sh"
-STAGES = Path(__file__).with_name("stages.yaml")
+KWOK_CONFIG = Path(__file__).with_name("kwok.yaml")
 FAKE_NODE = ("kwok.x-k8s.io/node", "fake")
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 GIB = 1024**3
@@ -223,7 +223,8 @@ def start(folder: Path, nodes: tuple[FakeNode, ...] = NODES) -> Cluster:
                "--service-account-signing-key-file", str(key),
                "--service-account-issuer", "https://kubernetes.default.svc",
                "--token-auth-file", str(folder / "tokens.csv"),
-               "--authorization-mode", "RBAC", "--v", "0")
+               "--authorization-mode", "RBAC", "--v", "0",
+               "--kubelet-preferred-address-types", "InternalIP")
         _wait("the API server", lambda: _ready(cluster), 60)
         launch("kube-controller-manager", "--kubeconfig", str(kubeconfig),
                "--leader-elect=false", "--bind-address", "127.0.0.1",
@@ -234,7 +235,16 @@ def start(folder: Path, nodes: tuple[FakeNode, ...] = NODES) -> Cluster:
                "--controllers", "*,-nodeipam,-nodelifecycle,-ttl")
         launch("kube-scheduler", "--kubeconfig", str(kubeconfig), "--leader-elect=false",
                "--bind-address", "127.0.0.1", "--secure-port", str(free_port()))
-        launch("kwok", "--kubeconfig", str(kubeconfig), "--config", str(STAGES),
+        kwok_port = free_port()
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                        "-keyout", str(folder / "kwok.key"), "-out", str(folder / "kwok.crt"),
+                        "-days", "30", "-subj", "/CN=kwok",
+                        "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        launch("kwok", "--kubeconfig", str(kubeconfig), "--config", str(KWOK_CONFIG),
+               "--server-address", f"127.0.0.1:{kwok_port}", "--node-port", str(kwok_port),
+               "--tls-cert-file", str(folder / "kwok.crt"),
+               "--tls-private-key-file", str(folder / "kwok.key"),
                "--manage-all-nodes=false",
                f"--manage-nodes-with-annotation-selector={FAKE_NODE[0]}={FAKE_NODE[1]}",
                "--node-ip", "127.0.0.1", "--cidr", "10.244.0.1/16")
