@@ -35,6 +35,7 @@ from tests.integration.standin_clouds import (
     wait_for,
 )
 from tests.integration.test_cloud_runs_aws import SUBMITTED, resources_of
+from tests.kube import cluster as kube
 
 pytestmark = pytest.mark.cloud  # among the slowest tests: `-m "not cloud"` skips them
 
@@ -292,3 +293,32 @@ def test_an_app_answers_through_a_port_forward_and_connect_opens_it_again(
     assert kube_world.objects() == []
     refused = dstack("connect", detached, expect=2)
     assert f"run {detached} is stopped" in refused.stderr
+
+
+@pytest.mark.timeout(300)
+def test_adding_a_profile_checks_the_kubeconfig_cluster_namespace_permissions_and_store(
+        home: Path, tmp_path: Path, kube_world: KubeWorld) -> None:  # noqa: F811
+    project = write_project(tmp_path / "project", WORKFLOWS, FILES)
+    dstack = KubeDstack(home, project, kube_world)
+    store = ("--store", kube_world.store_url)
+
+    def add(kubeconfig: Path, *extra: str, expect: int) -> str:
+        return dstack("config", "add", "kubernetes", "k8s", "--kubeconfig", str(kubeconfig),
+                      *extra, expect=expect).stderr
+
+    assert "--kubeconfig" in add(tmp_path / "missing", *store, expect=2)
+    down = tmp_path / "down.kubeconfig"
+    port = kube.free_port()
+    kube.write_kubeconfig(down, f"https://127.0.0.1:{port}", "x")
+    said = add(down, *store, expect=1)
+    assert f"does not answer at https://127.0.0.1:{port}" in said, said
+    said = add(kube_world.kubeconfig, *store, "--namespace", "nope", expect=2)
+    assert "namespace 'nope' does not exist in cluster test" in said, said
+    viewer = tmp_path / "viewer.kubeconfig"
+    kube.write_kubeconfig(viewer, kube_world.cluster.server,
+                          kube_world.cluster.viewer_token, kube_world.namespace)
+    said = add(viewer, *store, expect=2)
+    assert "may not: create pods" in said and "create pods/portforward" in said, said
+    said = add(kube_world.kubeconfig, "--store", "file:///tmp/store", expect=2)
+    assert "not an s3:// or gs:// URL" in said, said
+    assert [p["name"] for p in dstack.json("config", "list")] == ["local"]

@@ -100,6 +100,8 @@ class Cluster:
     server: str
     token: str
     kubeconfig: Path
+    viewer_token: str = ""
+    """A user with no role: the API server authenticates it and RBAC allows it nothing."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def request(self, method: str, path: str, body: object | None = None,
@@ -193,7 +195,9 @@ def start(folder: Path, nodes: tuple[FakeNode, ...] = NODES) -> Cluster:
     token = secrets.token_hex(16)
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
     server = f"https://127.0.0.1:{api_port}"
-    (folder / "tokens.csv").write_text(f"{token},admin,admin,system:masters\n")
+    viewer = secrets.token_hex(16)
+    (folder / "tokens.csv").write_text(f"{token},admin,admin,system:masters\n"
+                                       f"{viewer},viewer,viewer\n")
     key, pub = folder / "sa.key", folder / "sa.pub"
     subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True,
                    capture_output=True)
@@ -201,7 +205,8 @@ def start(folder: Path, nodes: tuple[FakeNode, ...] = NODES) -> Cluster:
                    check=True, capture_output=True)
     kubeconfig = folder / "admin.kubeconfig"
     write_kubeconfig(kubeconfig, server, token)
-    cluster = Cluster(folder=folder, server=server, token=token, kubeconfig=kubeconfig)
+    cluster = Cluster(folder=folder, server=server, token=token, kubeconfig=kubeconfig,
+                      viewer_token=viewer)
 
     def launch(name: str, *args: str) -> None:
         with open(folder / f"{name}.log", "ab") as log:
