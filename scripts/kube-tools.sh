@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tools of the Kubernetes tests, built from Go modules into the user's cache (not the repo),
 # once: the Pulumi Kubernetes provider plugin and "kubelite", one binary that runs etcd, the
-# kube-apiserver, controller manager, scheduler, kubelet and kwok. The Go sources are in
+# kube-apiserver, controller manager, scheduler and kwok. The Go sources are in
 # tests/kube/{plugin,kubelite}. Idempotent: a tool is rebuilt only when its sources change.
 #   scripts/kube-tools.sh install      build what is missing; print the folder that holds both
 #   scripts/kube-tools.sh path         print that folder (built or not)

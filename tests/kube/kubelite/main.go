@@ -1,11 +1,13 @@
 // kubelite: the Kubernetes control plane of the Kubernetes tests, one binary built from Go
 // modules. Its first argument names the program it runs; the rest are that program's flags:
 //
-//	kubelite etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kwok [flags]
+//	kubelite etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kwok [flags]
+//
+// kwok plays the nodes, so there is no kubelet (real containers would need one:
+// k8s.io/kubernetes/cmd/kubelet/app.NewKubeletCommand).
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 
@@ -16,7 +18,6 @@ import (
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
-	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 	kwokconfig "sigs.k8s.io/kwok/pkg/config"
 	kwokcmd "sigs.k8s.io/kwok/pkg/kwok/cmd"
 	kwoklog "sigs.k8s.io/kwok/pkg/log"
@@ -25,7 +26,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: kubelite etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kwok [flags]")
+		fmt.Fprintln(os.Stderr, "usage: kubelite etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kwok [flags]")
 		os.Exit(2)
 	}
 	name := os.Args[1]
@@ -40,8 +41,6 @@ func main() {
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
 	case "kube-scheduler":
 		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
-	case "kubelet":
-		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
 	case "kwok":
 		os.Exit(runKwok())
 	default:
