@@ -27,12 +27,13 @@ if TYPE_CHECKING:
 
 TIMEOUT_S = 10
 """Each API call's time-out."""
-NEEDED = (("", "pods", "create"), ("", "pods", "get"), ("", "pods", "delete"),
-          ("", "pods/portforward", "create"), ("", "secrets", "create"),
-          ("", "secrets", "delete"), ("", "services", "create"), ("", "services", "delete"),
-          ("networking.k8s.io", "networkpolicies", "create"),
-          ("networking.k8s.io", "networkpolicies", "delete"), ("", "events", "list"))
-"""(API group, resource, verb) a profile's identity needs in its namespace (docs/kubernetes.md)."""
+NEEDED = (*((group, resource, verb)
+             for group, resource in (("", "pods"), ("", "secrets"), ("", "services"),
+                                     ("networking.k8s.io", "networkpolicies"))
+             for verb in ("get", "create", "patch", "delete")),
+          ("", "pods/portforward", "create"), ("", "nodes", "list"))
+"""(API group, resource, verb) a profile's identity needs in its namespace, and `nodes` in the
+cluster (docs/kubernetes.md). Pulumi creates objects by server-side apply: a patch."""
 PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                            "ErrImageNeverPull", "CreateContainerConfigError"})
 
@@ -164,7 +165,8 @@ class KubeApi:
                 review = auth.create_self_subject_access_review({
                     "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
                     "spec": {"resourceAttributes": {
-                        "namespace": self.namespace, "group": group, "verb": verb,
+                        "namespace": "" if resource == "nodes" else self.namespace,
+                        "group": group, "verb": verb,
                         "resource": resource.split("/")[0],
                         "subresource": resource.split("/")[1] if "/" in resource else ""}}},
                     _request_timeout=TIMEOUT_S)
