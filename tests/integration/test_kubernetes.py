@@ -318,7 +318,19 @@ def test_adding_a_profile_checks_the_kubeconfig_cluster_namespace_permissions_an
     kube.write_kubeconfig(viewer, kube_world.cluster.server,
                           kube_world.cluster.viewer_token, kube_world.namespace)
     said = add(viewer, *store, expect=2)
-    assert "may not: create pods" in said and "create pods/portforward" in said, said
+    assert "may not: get pods, create pods" in said and "list nodes" in said, said
+    ns = kube_world.namespace
+    kube_world.cluster.request("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+                               {"metadata": {"name": "pods-only"}, "rules": [
+                                   {"apiGroups": [""], "resources": ["pods", "pods/portforward"],
+                                    "verbs": ["get", "create", "patch", "delete"]}]})
+    kube_world.cluster.request(
+        "POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+        {"metadata": {"name": "viewer-pods"}, "subjects": [{"kind": "User", "name": "viewer"}],
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": "pods-only"}})
+    said = add(viewer, *store, expect=2)
+    assert "may not: get secrets, create secrets" in said and "pods" not in said, said
     said = add(kube_world.kubeconfig, "--store", "file:///tmp/store", expect=2)
     assert "not an s3:// or gs:// URL" in said, said
     assert [p["name"] for p in dstack.json("config", "list")] == ["local"]
