@@ -112,7 +112,8 @@ def list_cmd(json_out: JsonOpt = False) -> None:
 
     profiles, default = load_profiles(dstack_home())
     rows = [{"name": p.name, "backend": p.backend, "default": p.name == default,
-             "region": p.settings.get("region") or p.settings.get("zone") or "",
+             "region": p.settings.get("region") or p.settings.get("zone") or
+             p.settings.get("namespace") or "",
              "store": p.settings.get("store_url") or p.settings.get("store") or "",
              "state": p.state_url or "local file backend"} for p in profiles.values()]
     if json_out:

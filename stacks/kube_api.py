@@ -309,10 +309,21 @@ def pod_state(pod: JsonDoc) -> PodState:
             reason = f"{waiting.get('reason')}: {waiting.get('message') or ''}".rstrip(": ")
             failed = waiting.get("reason") in PULL_FAILURES
     if phase == "Failed":
-        reason = str(status.get("reason") or status.get("message") or reason or "failed")
+        reason = str(status.get("reason") or status.get("message") or _ended(status) or
+                     reason or "failed")
     node = spec.get("nodeName")
     return PodState(phase=phase, node=str(node) if node else None, reason=reason,
                     failed_to_start=failed)
+
+
+def _ended(status: dict[str, object]) -> str | None:
+    """`container job ended: OOMKilled, exit code 137` from a pod's container statuses."""
+    for cs in status.get("containerStatuses") or []:  # type: ignore[attr-defined]
+        ended = ((cs or {}).get("state") or {}).get("terminated")
+        if isinstance(ended, dict):
+            return (f"container {cs.get('name')} ended: {ended.get('reason') or 'Error'}, "
+                    f"exit code {ended.get('exitCode')}")
+    return None
 
 
 def _api_message(exc: Exception) -> str:

@@ -20,6 +20,7 @@ the store, where the runner reads them.
 from __future__ import annotations
 
 import shlex
+import time
 from contextlib import ExitStack
 from functools import cached_property
 from pathlib import Path
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 
 DEFAULT_IMAGE = "python:3.11-slim"
 DEFAULT_SCHEDULE_TIMEOUT_S = 120
+POD_CHECK_S = 3.0
+"""How often a follower asks the cluster whether a run's pod still runs."""
 ROOT = "/opt/dstack"
 DOWNLOAD = {
     "s3": ("boto3", "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1] or None)"
@@ -72,6 +75,7 @@ class KubernetesBackend(RunStacks):
         self._wheel: Wheel | None = None
         self._forwards = ExitStack()
         self._forwarded: dict[tuple[str, int], int] = {}
+        self._seen: dict[str, tuple[float, tuple[bool, PodState | None]]] = {}
 
     # -- settings ----------------------------------------------------------------------------
 
@@ -263,14 +267,19 @@ class KubernetesBackend(RunStacks):
         return urlunparse(parsed._replace(netloc=f"127.0.0.1:{self._forwarded[key]}"))
 
     def _pod(self, run: RunRecord) -> tuple[bool, PodState | None]:
-        """(whether the cluster answered, the run's pod state or None when it has none)."""
+        """(whether the cluster answered, the run's pod state or None when it has none),
+        asked at most every POD_CHECK_S per run."""
         pod = run.instance.get("pod")
         if not pod:
             return False, None
-        try:
-            return True, self.api.pod_state(str(pod))
-        except DstackError:  # unknown now; the runner's heartbeat tells
-            return False, None
+        seen = self._seen.get(run.name)
+        if seen is None or time.monotonic() - seen[0] >= POD_CHECK_S:
+            try:
+                seen = (time.monotonic(), (True, self.api.pod_state(str(pod))))
+            except DstackError:  # unknown now; the runner's heartbeat tells
+                seen = (time.monotonic(), (False, None))
+            self._seen[run.name] = seen
+        return seen[1]
 
     def runner_alive(self, run: RunRecord) -> bool | None:
         """False once the run's pod is gone or ended; otherwise unknown."""

@@ -36,6 +36,8 @@ from tests.integration.standin_clouds import (
 )
 from tests.integration.test_cloud_runs_aws import SUBMITTED, resources_of
 from tests.kube import cluster as kube
+from tests.standins import instance
+from tests.standins.kube import CLOUD
 
 pytestmark = pytest.mark.cloud  # among the slowest tests: `-m "not cloud"` skips them
 
@@ -334,3 +336,23 @@ def test_adding_a_profile_checks_the_kubeconfig_cluster_namespace_permissions_an
     said = add(kube_world.kubeconfig, "--store", "file:///tmp/store", expect=2)
     assert "not an s3:// or gs:// URL" in said, said
     assert [p["name"] for p in dstack.json("config", "list")] == ["local"]
+
+
+@pytest.mark.timeout(600)
+def test_a_pod_killed_on_its_node_fails_the_run_with_the_clusters_words(
+        home: Path, tmp_path: Path, kube_world: KubeWorld,  # noqa: F811
+        dstack_wheel: Path) -> None:  # noqa: F811
+    dstack = user(home, tmp_path, kube_world, dstack_wheel)
+    out, err = tmp_path / "a.out", tmp_path / "a.err"
+    proc = dstack.popen("run", "sleeper", out=out, err=err)
+    wait_for("the job's first line", lambda: "sleeping" in out.read_text(), 300)
+    name = SUBMITTED.search(run_output(out, err))[1]  # type: ignore[index]
+    [killed] = [i for i, (_, pod) in kube_world.kubelet.launched.items()
+                if pod == f"dstack-{name}"]
+    instance.terminate(CLOUD, killed)  # the node ends the container, as an OOM kill would
+    assert wait_exit(proc, 120) == 1, run_output(out, err)
+    assert (f"the runner stopped before the job finished: its pod dstack-{name} failed: "
+            "container job ended: Error, exit code 137") in err.read_text(), err.read_text()
+    record = dstack.record(name)
+    assert record["status"] == "failed" and record["torn_down"] is True
+    assert kube_world.objects() == []
