@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -93,6 +94,16 @@ def user(home: Path, tmp_path: Path, world: KubeWorld, wheel: Path) -> KubeDstac
     assert f"namespace {world.namespace}" in added.stderr, added.stderr
     assert "version v1.36.3" in added.stderr, added.stderr
     return dstack
+
+
+def sleeping(dstack: KubeDstack, tmp_path: Path
+             ) -> tuple[subprocess.Popen[bytes], str, tuple[Path, Path]]:
+    """`dstack run sleeper` in the background, once its job runs: the process, the run's
+    name, and the files of its stdout and stderr."""
+    out, err = tmp_path / "sleeper.out", tmp_path / "sleeper.err"
+    proc = dstack.popen("run", "sleeper", out=out, err=err)
+    wait_for("the job's first line", lambda: "sleeping" in out.read_text(), 300)
+    return proc, SUBMITTED.search(run_output(out, err))[1], (out, err)  # type: ignore[index]
 
 
 def state_text(home: Path) -> str:
@@ -235,10 +246,7 @@ def test_a_cli_killed_while_the_job_runs_leaves_nothing_after_the_job_ends_and_g
         home: Path, tmp_path: Path, kube_world: KubeWorld,  # noqa: F811
         dstack_wheel: Path) -> None:  # noqa: F811
     dstack = user(home, tmp_path, kube_world, dstack_wheel)
-    out, err = tmp_path / "a.out", tmp_path / "a.err"
-    proc = dstack.popen("run", "sleeper", out=out, err=err)
-    wait_for("the job's first line", lambda: "sleeping" in out.read_text(), 300)
-    name = SUBMITTED.search(run_output(out, err))[1]  # type: ignore[index]
+    proc, name, _ = sleeping(dstack, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     dstack("gc", timeout=300)
@@ -343,10 +351,7 @@ def test_a_pod_killed_on_its_node_fails_the_run_with_the_clusters_words(
         home: Path, tmp_path: Path, kube_world: KubeWorld,  # noqa: F811
         dstack_wheel: Path) -> None:  # noqa: F811
     dstack = user(home, tmp_path, kube_world, dstack_wheel)
-    out, err = tmp_path / "a.out", tmp_path / "a.err"
-    proc = dstack.popen("run", "sleeper", out=out, err=err)
-    wait_for("the job's first line", lambda: "sleeping" in out.read_text(), 300)
-    name = SUBMITTED.search(run_output(out, err))[1]  # type: ignore[index]
+    proc, name, (out, err) = sleeping(dstack, tmp_path)
     [killed] = [i for i, (_, pod) in kube_world.kubelet.launched.items()
                 if pod == f"dstack-{name}"]
     instance.terminate(CLOUD, killed)  # the node ends the container, as an OOM kill would
