@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup engine test demo lint bench clean
+.PHONY: setup engine test test-real-nodes demo lint bench clean
 
 setup: $(STAMP) engine
 	bash scripts/gcs-emulator.sh install
@@ -28,6 +28,12 @@ test: setup
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh
 	$(BIN)/pytest
+
+# Tier B of the Kubernetes tests: real containers (containerd, runc, a kubelet), as root.
+test-real-nodes: setup
+	bash scripts/kube-tools.sh install-kubelet
+	bash scripts/system-deps.sh real-nodes
+	$(BIN)/pytest --real-nodes tests/integration/test_kubernetes_real.py
 
 demo: setup
 	bash scripts/demo.sh

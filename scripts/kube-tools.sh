@@ -3,8 +3,10 @@
 # once: the Pulumi Kubernetes provider plugin and "kubelite", one binary that runs etcd, the
 # kube-apiserver, controller manager, scheduler and kwok. The Go sources are in
 # tests/kube/{plugin,kubelite}. Idempotent: a tool is rebuilt only when its sources change.
-#   scripts/kube-tools.sh install      build what is missing; print the folder that holds both
-#   scripts/kube-tools.sh path         print that folder (built or not)
+#   scripts/kube-tools.sh install          build what is missing; print the folder that holds both
+#   scripts/kube-tools.sh install-kubelet  also kubelite-kubelet (with the kubelet) for the
+#                                          real-node tests
+#   scripts/kube-tools.sh path             print that folder (built or not)
 # Cold, the two builds take about 20 min of CPU and 4.6 GB of memory at peak, and leave about
 # 7 GB in Go's build cache and 2 GB in its module cache; warm, a few seconds.
 set -euo pipefail
@@ -17,9 +19,10 @@ PLUGIN_MODULE=github.com/pulumi/pulumi-kubernetes/provider/v4
 
 say() { echo "[kube-tools] $*" >&2; }
 
-# The hash of a tool's sources and of this script: a change to either rebuilds the tool.
+# The hash of a tool's sources and of this script (and the build tags): a change to any of
+# them rebuilds the tool.
 sources_hash() {
-  cat "$SRC/$1"/main.go "$SRC/$1"/go.mod "$0" | sha256sum | cut -c1-16
+  { cat "$SRC/$1"/*.go "$SRC/$1"/go.mod "$0"; echo "${TAGS:-}"; } | sha256sum | cut -c1-16
 }
 
 # build NAME BINARY LDFLAGS [PREPARE]: copy tests/kube/NAME into a work folder, run PREPARE
@@ -34,14 +37,14 @@ build() {
   command -v go >/dev/null 2>&1 || { say "needs Go (1.24+) on PATH to build $binary"; exit 1; }
   local work started=$SECONDS
   work=$(mktemp -d "${TMPDIR:-/tmp}/dstack-kube-$name.XXXXXX")
-  cp "$SRC/$name"/main.go "$SRC/$name"/go.mod "$work/"
+  cp "$SRC/$name"/*.go "$SRC/$name"/go.mod "$work/"
   if [[ -n $prepare ]]; then (cd "$work" && $prepare); fi
   say "resolving the modules of $binary (a cold module cache downloads about 1 GB)"
   (cd "$work" && GOFLAGS=-mod=mod go mod tidy)
   say "building $binary (cold: $5)"
   mkdir -p "$OUT"
   (cd "$work" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
-    go build -trimpath -ldflags "-s -w $ldflags" -o "$OUT/$binary.tmp" .)
+    go build -trimpath -tags "${TAGS:-}" -ldflags "-s -w $ldflags" -o "$OUT/$binary.tmp" .)
   mv -f "$OUT/$binary.tmp" "$OUT/$binary"
   rm -rf "$work"
   echo "$want" > "$stamp"
@@ -82,5 +85,9 @@ case "${1:-install}" in
     build plugin pulumi-resource-kubernetes "$PLUGIN_LDFLAGS" plugin_embeds "about 11 min"
     build kubelite kubelite "$KUBELITE_LDFLAGS" "" "about 6 min"
     echo "$OUT" ;;
-  *) echo "usage: $0 install|path" >&2; exit 2 ;;
+  install-kubelet)
+    # kubelite with the kubelet too, for the real-node tests (`make test-real-nodes`).
+    TAGS=kubelet build kubelite kubelite-kubelet "$KUBELITE_LDFLAGS" "" "a few more minutes"
+    echo "$OUT" ;;
+  *) echo "usage: $0 install|install-kubelet|path" >&2; exit 2 ;;
 esac

@@ -222,6 +222,16 @@ class KubeApi:
                     "the node pool), or raise the profile's `schedule_timeout`.")
             time.sleep(poll_s)
 
+    def wait_gone(self, name: str, timeout_s: float, poll_s: float = 0.5) -> bool:
+        """Wait until pod `name` no longer exists (its kubelet has ended it); whether it is
+        gone within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while self.pod(name) is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll_s)
+        return True
+
     @contextmanager
     def port_forward(self, pod: str, remote_port: int, local_port: int = 0
                      ) -> Iterator[int]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import shlex
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 DEFAULT_IMAGE = "python:3.11-slim"
 DEFAULT_SCHEDULE_TIMEOUT_S = 120
+POD_GONE_S = 60.0
+"""How long a teardown waits for the run's pod to be gone after the stack's destroy."""
 POD_CHECK_S = 3.0
 """How often a follower asks the cluster whether a run's pod still runs."""
 ROOT = "/opt/dstack"
@@ -249,6 +251,17 @@ class KubernetesBackend(RunStacks):
         return changes, {"cloud": "kubernetes", "id": pod, "pod": pod,
                          "namespace": cfg.namespace, "cluster": self.api.cluster,
                          "node": state.node, "app_ports": list(cfg.app_ports)}
+
+    def teardown(self, run_name: str) -> list[ResourceChange]:
+        """Destroy the run's stack, then wait (a bounded time) until its pod is gone: Pulumi
+        asks for the deletion, the pod's kubelet ends it."""
+        from dstack.stacks.kubernetes_programs import object_name
+
+        changes = super().teardown(run_name)
+        if any(c.type == "kubernetes:core/v1:Pod" for c in changes):
+            with suppress(DstackError):  # a cluster that does not answer now: done all the same
+                self.api.wait_gone(object_name(run_name), POD_GONE_S)
+        return changes
 
     def app_address(self, run: RunRecord, app: App) -> str:
         """A local URL for the app: a port-forward to its pod through the API server (on the

@@ -59,7 +59,12 @@ class KubeRun:
     @property
     def object_name(self) -> str:
         """The name of the run's pod, Secret, Service and NetworkPolicy."""
-        return f"dstack-{self.run}"[:63].rstrip("-.")
+        return object_name(self.run)
+
+
+def object_name(run: str) -> str:
+    """`dstack-<run>`: the name of a run's pod, Secret, Service and NetworkPolicy."""
+    return f"dstack-{run}"[:63].rstrip("-.")
 
 
 def provider(cfg: KubeRun) -> k8s.Provider:

@@ -16,6 +16,22 @@ from dstack.stacks.engine_install import PULUMI_VERSION, engine_root, is_install
 INSTALLED_HOME = dstack_home()
 
 
+REAL_NODES = "test_kubernetes_real.py"
+"""The real-node tests: run by `make test-real-nodes` (`--real-nodes`), not by `make test`."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--real-nodes", action="store_true",
+                     help="Also collect the real-node Kubernetes tests (root; containerd).")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Leave the real-node tests out unless `--real-nodes` asks for them."""
+    if collection_path.name == REAL_NODES and not config.getoption("--real-nodes"):
+        return True
+    return None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Run the suite as from a terminal: with SIGINT ignored (a suite a script started in
     the background, `make test &`), every `dstack` it starts would ignore Ctrl-C too, and

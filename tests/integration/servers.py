@@ -75,18 +75,19 @@ def isolated_aws_env(tmp: Path) -> dict[str, str]:
             "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "aws-credentials")}
 
 
-def start_moto(log: Path, tls: tuple[Path, Path] | None = None
+def start_moto(log: Path, tls: tuple[Path, Path] | None = None, host: str = "127.0.0.1"
                ) -> tuple[str, subprocess.Popen[bytes]]:
-    """A moto server (every AWS service) on a loopback port it picks, over HTTPS with
-    `tls` (certificate, key) when given; (its URL, process)."""
+    """A moto server (every AWS service) on a port it picks of `host` (loopback unless a
+    test's pods must reach it), over HTTPS with `tls` (certificate, key) when given; (its
+    URL, process)."""
     exe = Path(sys.executable).with_name("moto_server")
     extra = ["-s", "-c", str(tls[0]), "-k", str(tls[1])] if tls else []
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", "0", *extra], stdout=out,
+        proc = subprocess.Popen([str(exe), "-H", host, "-p", "0", *extra], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        found = re.search(r"Running on (https?://127\.0\.0\.1:\d+)", log.read_text())
+        found = re.search(rf"Running on (https?://{re.escape(host)}:\d+)", log.read_text())
         if found:
             return found.group(1), proc
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -3,13 +3,15 @@
 //
 //	kubelite etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kwok [flags]
 //
-// kwok plays the nodes, so there is no kubelet (real containers would need one:
-// k8s.io/kubernetes/cmd/kubelet/app.NewKubeletCommand).
+// kwok plays the nodes of the tests in `make test`, which need no kubelet; built with the tag
+// `kubelet` (kubelet.go), it also runs the kubelet of the real-node tests.
 package main
 
 import (
 	"fmt"
 	"os"
+	"sort"
+	"strings"
 
 	"github.com/spf13/pflag"
 	"go.etcd.io/etcd/server/v3/etcdmain"
@@ -24,29 +26,32 @@ import (
 	"sigs.k8s.io/kwok/pkg/utils/signals"
 )
 
-func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: kubelite etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kwok [flags]")
-		os.Exit(2)
-	}
-	name := os.Args[1]
-	// Each program parses os.Args[1:] as its own flags.
-	os.Args = append([]string{name}, os.Args[2:]...)
-	switch name {
-	case "etcd":
+// programs are what kubelite runs, by name; kubelet.go adds the kubelet (build tag kubelet).
+var programs = map[string]func() int{
+	"etcd": func() int {
 		etcdmain.Main(os.Args)
-	case "kube-apiserver":
-		os.Exit(cli.Run(apiserver.NewAPIServerCommand()))
-	case "kube-controller-manager":
-		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
-	case "kube-scheduler":
-		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
-	case "kwok":
-		os.Exit(runKwok())
-	default:
-		fmt.Fprintf(os.Stderr, "kubelite: unknown program %q\n", name)
+		return 0
+	},
+	"kube-apiserver":          func() int { return cli.Run(apiserver.NewAPIServerCommand()) },
+	"kube-controller-manager": func() int { return cli.Run(controllermanager.NewControllerManagerCommand()) },
+	"kube-scheduler":          func() int { return cli.Run(scheduler.NewSchedulerCommand()) },
+	"kwok":                    runKwok,
+}
+
+func main() {
+	if len(os.Args) < 2 || programs[os.Args[1]] == nil {
+		names := make([]string, 0, len(programs))
+		for name := range programs {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		fmt.Fprintf(os.Stderr, "usage: kubelite %s [flags]\n", strings.Join(names, "|"))
 		os.Exit(2)
 	}
+	run := programs[os.Args[1]]
+	// Each program parses os.Args[1:] as its own flags.
+	os.Args = append([]string{os.Args[1]}, os.Args[2:]...)
+	os.Exit(run())
 }
 
 // runKwok starts kwok as its own main does. The Kubernetes packages register a global
