@@ -33,9 +33,11 @@ from dstack.errors import DstackError, UsageError
 from dstack.run.job import Job
 from dstack.run.record import App, RunRecord, run_stack_name
 from dstack.runner.bootstrap import render_bootstrap
+from dstack.sizes import format_size
 from dstack.stacks.caller import normalize_cidr
 from dstack.stacks.instance_spec import (
     app_ports,
+    format_duration,
     job_resources,
     max_duration_s,
     parse_duration,
@@ -64,6 +66,25 @@ DOWNLOAD = {
                                    ".download_to_filename(sys.argv[4])"),
 }
 """Store scheme → (the package the pod installs first, code that downloads the wheel)."""
+CREDENTIAL_FILES = [
+    "# The store's credentials leave the environment for 0600 files, so the job's own",
+    "# environment (which a job may print) holds no secret, as on a cloud instance.",
+    "umask 077",
+    'if [ -n "${AWS_SECRET_ACCESS_KEY:-}" ]; then',
+    f"  printf '[default]\\naws_access_key_id = %s\\naws_secret_access_key = %s\\n' "
+    f'"$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" > {ROOT}/aws-credentials',
+    "  if [ -n \"${AWS_SESSION_TOKEN:-}\" ]; then printf 'aws_session_token = %s\\n' "
+    f'"$AWS_SESSION_TOKEN" >> {ROOT}/aws-credentials; fi',
+    f"  export AWS_SHARED_CREDENTIALS_FILE={ROOT}/aws-credentials",
+    "fi",
+    'if [ -n "${DSTACK_GCP_KEY:-}" ]; then',
+    f'  printf %s "$DSTACK_GCP_KEY" > {ROOT}/gcp.json',
+    f"  export GOOGLE_APPLICATION_CREDENTIALS={ROOT}/gcp.json",
+    "fi",
+    "unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN DSTACK_GCP_KEY",
+    "umask 022",
+]
+"""Bootstrap lines that move the Secret's credentials from the environment to files."""
 
 
 class KubernetesBackend(RunStacks):
@@ -154,9 +175,11 @@ class KubernetesBackend(RunStacks):
             {"type": "kubernetes:core/v1:Pod", "name": name, "what": "the job, restartPolicy "
              "Never", "image": self.setting("image") or DEFAULT_IMAGE,
              "node_pool": pools[0].describe(),
-             "requests": f"{res.cpu or 1} CPU" + (f", {res.memory} bytes" if res.memory else "")
-             + (f", nvidia.com/gpu {gpu.count}" if gpu else ""),
-             "max_duration": f"{max_duration_s(job, self.profile)}s", "where": where},
+             "requests": f"{res.cpu or 1} CPU" +
+             (f", {format_size(res.memory)} memory" if res.memory else "") +
+             (f", nvidia.com/gpu {gpu.count}" if gpu else ""),
+             "max_duration": format_duration(max_duration_s(job, self.profile)),
+             "where": where},
             {"type": "kubernetes:networking.k8s.io/v1:NetworkPolicy", "name": name,
              "what": "no ingress" + (f" but the app ports from {self.setting('caller_cidr')}"
                                      if ports and self.setting("caller_cidr") else
@@ -189,8 +212,7 @@ class KubernetesBackend(RunStacks):
         q = shlex.quote
         preamble = [
             f"mkdir -p {q(ROOT)}",
-            'if [ -n "${DSTACK_GCP_KEY:-}" ]; then printf %s "$DSTACK_GCP_KEY" > '
-            f'{ROOT}/gcp.json; export GOOGLE_APPLICATION_CREDENTIALS={ROOT}/gcp.json; fi',
+            *CREDENTIAL_FILES,
             f"[ -x {q(venv + '/bin/python')} ] || python3 -m venv {q(venv)}",
             shlex.join([f"{venv}/bin/pip", "install", "-q", "--disable-pip-version-check",
                         package]),

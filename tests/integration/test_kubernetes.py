@@ -68,6 +68,9 @@ workflows:
   - name: fail
     provider: bash
     commands: ["echo about to fail", "exit 3"]
+  - name: env
+    provider: bash
+    commands: ["env"]
   - name: api
     provider: fastapi
     app: main:app
@@ -140,6 +143,11 @@ def test_a_new_profile_from_the_dry_run_to_a_run_whose_artifacts_reach_the_store
     assert kube_world.objects() == []
     listed = dstack.json("artifacts", "list", name)
     assert [f["path"] for f in listed["files"]] == ["checkpoint/model.txt"]
+
+    # The job's environment holds no credential of the store (the bootstrap moved them).
+    dumped = dstack("run", "env", timeout=300)
+    assert "DSTACK_RUN=" in dumped.stdout
+    assert USER_SECRET not in dumped.stdout and "AWS_SECRET_ACCESS_KEY" not in dumped.stdout
 
     # A failing job: its exit code, and nothing left.
     failed = dstack("run", "fail", expect=3, timeout=300)
