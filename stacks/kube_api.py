@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,6 +34,8 @@ NEEDED = (*((group, resource, verb)
           ("", "pods/portforward", "create"), ("", "nodes", "list"))
 """(API group, resource, verb) a profile's identity needs in its namespace, and `nodes` in the
 cluster (docs/kubernetes.md). Pulumi creates objects by server-side apply: a patch."""
+FORWARD_TRIES = 4
+"""How many times one forwarded connection tries to open its stream to the pod."""
 PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                            "ErrImageNeverPull", "CreateContainerConfigError"})
 
@@ -64,6 +66,16 @@ class KubeApi:
     @cached_property
     def client(self) -> ApiClient:
         """The API client of the kubeconfig's context (UsageError when it does not load)."""
+        return self._new_client()
+
+    @cached_property
+    def _forward_client(self) -> ApiClient:
+        """A client of its own for port-forwards: the library's `portforward` swaps the
+        request function of the client it is given while it connects, which would turn
+        another thread's plain call into a websocket one."""
+        return self._new_client()
+
+    def _new_client(self) -> ApiClient:
         from kubernetes import config
 
         if not Path(self.kubeconfig).is_file():
@@ -248,16 +260,31 @@ class KubeApi:
             listener.close()
             raise
         stop = threading.Event()
-        api = CoreV1Api(self.client)
+        api = CoreV1Api(self._forward_client)
+        swapping = threading.Lock()  # one connection at a time swaps the client's request
+
+        def connect() -> tuple[Callable[[], None], socket.socket]:
+            """A stream to the pod's port and how to close it. The API server's hop to the
+            kubelet can fail on a busy cluster, so it is tried a few times."""
+            attempt = 0
+            while True:
+                try:
+                    with swapping:
+                        forward = portforward(api.connect_get_namespaced_pod_portforward,
+                                              pod, self.namespace, ports=str(remote_port))
+                    return forward.close, forward.socket(remote_port)
+                except Exception:  # the last failure is the connection's
+                    attempt += 1
+                    if attempt >= FORWARD_TRIES:
+                        raise
+                    time.sleep(0.5 * attempt)
 
         def pipe(conn: socket.socket) -> None:
             try:
-                forward = portforward(api.connect_get_namespaced_pod_portforward, pod,
-                                      self.namespace, ports=str(remote_port))
-                remote = forward.socket(remote_port)
+                close, remote = connect()
                 remote.setblocking(True)
                 _splice(conn, remote, stop)
-                forward.close()
+                close()
             except Exception:  # one connection fails, the forward goes on
                 conn.close()
 

@@ -268,10 +268,14 @@ def test_a_cli_killed_while_the_job_runs_leaves_nothing_after_the_job_ends_and_g
     assert wait_exit(proc, 5) == -signal.SIGKILL
 
 
-def get_json(url: str) -> object:
-    """The JSON an HTTP GET of `url` answers."""
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
+def get_json(url: str, out: Path, err: Path) -> object:
+    """The JSON an HTTP GET of `url` answers; on a failure, what the `dstack` that holds the
+    port-forward (writing `out` and `err`) printed is in the error."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.loads(resp.read())
+    except OSError as exc:
+        raise AssertionError(f"GET {url}: {exc!r}\n{run_output(out, err)}") from exc
 
 
 @pytest.mark.timeout(900)
@@ -285,7 +289,7 @@ def test_an_app_answers_through_a_port_forward_and_connect_opens_it_again(
     proc = dstack.popen("run", "api", out=out, err=err)
     url = wait_for("the app's URL", lambda: APP_URL.search(run_output(out, err)), 300)[1]
     assert url.startswith("http://127.0.0.1:"), url
-    assert get_json(url) == {"hello": "from the pod"}
+    assert get_json(url, out, err) == {"hello": "from the pod"}
     name = SUBMITTED.search(run_output(out, err))[1]  # type: ignore[index]
     service = kube_world.cluster.get(
         f"/api/v1/namespaces/{kube_world.namespace}/services/dstack-{name}")
@@ -303,7 +307,7 @@ def test_an_app_answers_through_a_port_forward_and_connect_opens_it_again(
     out, err = tmp_path / "connect.out", tmp_path / "connect.err"
     connect = dstack.popen("connect", detached, out=out, err=err)
     url = wait_for("the app's URL", lambda: APP_URL.search(run_output(out, err)), 300)[1]
-    assert get_json(url) == {"hello": "from the pod"}
+    assert get_json(url, out, err) == {"hello": "from the pod"}
     connect.send_signal(signal.SIGINT)
     assert wait_exit(connect, 30) == 130, run_output(out, err)
     assert dstack.record(detached)["status"] == "running"  # closing the tunnel keeps the run
