@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import secrets
 import socket
 import ssl
@@ -104,16 +103,23 @@ class Cluster:
     """A user with no role: the API server authenticates it and RBAC allows it nothing."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def request(self, method: str, path: str, body: object | None = None,
-                content_type: str = "application/json") -> dict[str, object]:
-        """One API call as the admin; its JSON answer (HTTPError on a failure status)."""
+    def send(self, method: str, path: str, body: object | None = None,
+             content_type: str = "application/json", timeout: float = 30) -> bytes:
+        """One API call as the admin; the body of its answer (HTTPError on a failure
+        status)."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.server + path, data=data, method=method, headers={
             "Authorization": f"Bearer {self.token}", "Content-Type": content_type,
             "Accept": "application/json"})
-        with urllib.request.urlopen(req, context=_insecure(), timeout=30) as resp:
-            loaded: dict[str, object] = json.loads(resp.read() or b"{}")
-            return loaded
+        with urllib.request.urlopen(req, context=_insecure(), timeout=timeout) as resp:
+            return bytes(resp.read())
+
+    def request(self, method: str, path: str, body: object | None = None,
+                content_type: str = "application/json") -> dict[str, object]:
+        """One API call as the admin; its JSON answer (HTTPError on a failure status)."""
+        loaded: dict[str, object] = json.loads(self.send(method, path, body, content_type)
+                                               or b"{}")
+        return loaded
 
     def get(self, path: str) -> dict[str, object] | None:
         """GET `path`; None when it does not exist."""
@@ -133,7 +139,7 @@ class Cluster:
         """Create namespace `name` (the service-account controller then gives it `default`)."""
         self.request("POST", "/api/v1/namespaces",
                      {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-        _wait(f"service account default in {name}",
+        wait(f"service account default in {name}",
               lambda: self.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 30)
 
     def objects(self, namespace: str) -> list[str]:
@@ -163,7 +169,9 @@ def _insecure() -> ssl.SSLContext:
     return ctx
 
 
-def _wait(what: str, check: object, timeout: float) -> object:
+def wait(what: str, check: object, timeout: float) -> object:
+    """Call `check` until it returns something truthy (a connection error counts as not
+    yet); that value, or RuntimeError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(OSError, urllib.error.URLError):
@@ -230,7 +238,7 @@ def start(folder: Path, nodes: tuple[FakeNode, ...] = NODES) -> Cluster:
                "--token-auth-file", str(folder / "tokens.csv"),
                "--authorization-mode", "RBAC", "--v", "0",
                "--kubelet-preferred-address-types", "InternalIP")
-        _wait("the API server", lambda: _ready(cluster), 60)
+        wait("the API server", lambda: cluster.send("GET", "/readyz", timeout=5) == b"ok", 60)
         launch("kube-controller-manager", "--kubeconfig", str(kubeconfig),
                "--leader-elect=false", "--bind-address", "127.0.0.1",
                "--secure-port", str(free_port()),
@@ -262,9 +270,9 @@ def start(folder: Path, nodes: tuple[FakeNode, ...] = NODES) -> Cluster:
             # (kwok plays the nodes), nothing would lift it.
             cluster.request("PATCH", f"/api/v1/nodes/{node.name}", {"spec": manifest["spec"]},
                             "application/merge-patch+json")
-        _wait("the fake nodes to be Ready",
-              lambda: all(_node_ready(cluster, n.name) for n in nodes), 60)
-        _wait("the default service account",
+        wait("the fake nodes to be Ready",
+              lambda: all(node_ready(cluster, n.name) for n in nodes), 60)
+        wait("the default service account",
               lambda: cluster.get("/api/v1/namespaces/default/serviceaccounts/default"), 60)
     except BaseException:
         cluster.stop()
@@ -272,22 +280,7 @@ def start(folder: Path, nodes: tuple[FakeNode, ...] = NODES) -> Cluster:
     return cluster
 
 
-def _ready(cluster: Cluster) -> bool:
-    req = urllib.request.Request(cluster.server + "/readyz",
-                                 headers={"Authorization": f"Bearer {cluster.token}"})
-    try:
-        with urllib.request.urlopen(req, context=_insecure(), timeout=5) as resp:
-            return bool(resp.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def _node_ready(cluster: Cluster, name: str) -> bool:
+def node_ready(cluster: Cluster, name: str) -> bool:
     node = cluster.get(f"/api/v1/nodes/{name}") or {}
     conditions = (node.get("status") or {}).get("conditions") or []  # type: ignore[attr-defined]
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def environment() -> dict[str, str]:
-    """What a process needs to find the built plugin first on PATH."""
-    return {"PATH": f"{tools()}{os.pathsep}{os.environ.get('PATH', '')}"}

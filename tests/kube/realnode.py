@@ -22,11 +22,10 @@ import os
 import shutil
 import subprocess
 import tarfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.kube.cluster import ROOT, Cluster, free_port, tools
+from tests.kube.cluster import ROOT, Cluster, free_port, node_ready, tools, wait
 
 BRIDGE, NODE_IP, SUBNET = "dstk0", "10.88.0.1", "10.88.0.0/16"
 NODE = "real-0"
@@ -219,7 +218,7 @@ state = "{folder}/containerd/state"
             node.procs["containerd"] = subprocess.Popen(
                 ["containerd", "--config", str(config)], stdout=log, stderr=log,
                 stdin=subprocess.DEVNULL, start_new_session=True)
-        _wait_for(sock.exists, "containerd's socket", 30)
+        wait("containerd's socket", sock.exists, 30)
         for archive in (pause_archive(folder), python_image):
             _run("ctr", "--address", str(sock), "-n", "k8s.io", "images", "import",
                  str(archive), timeout=600)
@@ -245,12 +244,7 @@ state = "{folder}/containerd/state"
                  "--cert-dir", str(folder / "kubelet" / "pki"), "--v", "1"],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
 
-        def ready() -> bool:
-            found = cluster.get(f"/api/v1/nodes/{NODE}") or {}
-            conds = (found.get("status") or {}).get("conditions") or []  # type: ignore[attr-defined]
-            return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
-
-        _wait_for(ready, f"node {NODE} to be Ready", 120)
+        wait(f"node {NODE} to be Ready", lambda: node_ready(cluster, NODE), 120)
         # The API server taints a new node not-ready, and the test cluster runs no
         # node-lifecycle controller to lift it once the node is Ready.
         cluster.request("PATCH", f"/api/v1/nodes/{NODE}", {"spec": {"taints": []}},
@@ -266,11 +260,3 @@ def _bridge() -> None:
     _run("ip", "link", "add", BRIDGE, "type", "bridge")
     _run("ip", "addr", "add", f"{NODE_IP}/16", "dev", BRIDGE)
     _run("ip", "link", "set", BRIDGE, "up")
-
-
-def _wait_for(check: object, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)

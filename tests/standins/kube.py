@@ -18,7 +18,6 @@ import base64
 import contextlib
 import shlex
 import threading
-import time
 import urllib.error
 from datetime import datetime, timezone
 from pathlib import Path
@@ -155,10 +154,3 @@ class Kubelet:
 def _instance_id(pod: dict[str, object]) -> str:
     meta = pod["metadata"]
     return f"{meta['namespace']}.{meta['name']}.{str(meta['uid'])[:8]}"  # type: ignore[index]
-
-
-def wait_gone(kubelet: Kubelet, timeout: float = 30.0) -> None:
-    """Wait until the kubelet runs no instance."""
-    deadline = time.monotonic() + timeout
-    while kubelet.launched and time.monotonic() < deadline:
-        time.sleep(0.1)
