@@ -28,7 +28,7 @@ from dstack.stacks.aws_programs import (
 )
 from dstack.stacks.caller import planned_caller
 from dstack.stacks.cloud import CloudBackend, Outputs, Program
-from dstack.stacks.cloud_bootstrap import REMOTE_ROOT, cloud_bootstrap
+from dstack.stacks.cloud_bootstrap import VENV, cloud_bootstrap, wheel_path
 from dstack.stacks.instance_spec import (
     app_ports,
     disk_gib,
@@ -124,11 +124,10 @@ class AwsBackend(CloudBackend[AwsWorkspace, AwsRun]):
         """User-data: install the exact wheel from the bucket with the instance role, run the
         runner against the bucket, power off (terminate) when it exits. No secret in it."""
         wheel = self.wheel()
-        venv = f"{REMOTE_ROOT}/venv/bin"
         fetch = [
-            shlex.join([f"{venv}/pip", "install", "-q", "boto3"]),
-            shlex.join([f"{venv}/python", "-c", DOWNLOAD_PY, self.location(), self.bucket(),
-                        wheel.store_key, f"{REMOTE_ROOT}/{wheel.name}"]),
+            shlex.join([f"{VENV}/bin/pip", "install", "-q", "boto3"]),
+            shlex.join([f"{VENV}/bin/python", "-c", DOWNLOAD_PY, self.location(), self.bucket(),
+                        wheel.store_key, wheel_path(wheel)]),
         ]
         return cloud_bootstrap(run, store_url=self.instance_store_url(), wheel=wheel,
                                fetch=fetch, max_duration=max_duration_s(run.job, self.profile),

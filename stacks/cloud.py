@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+from urllib.parse import urlparse
 
 from dstack.catalogue.offers import Offer, choose_offer
 from dstack.config.backends import ResourceChange
@@ -32,8 +32,8 @@ from dstack.run.record import RunRecord, run_stack_name
 from dstack.stacks.caller import caller_cidr
 from dstack.stacks.instance_spec import app_ports, job_resources
 from dstack.stacks.run_stacks import RunStacks
-from dstack.stacks.wheel import Wheel, find_wheel
-from dstack.store.base import Store, open_store
+from dstack.stacks.wheel import Wheel
+from dstack.store.base import Store, open_store, without_local_profile
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -62,8 +62,6 @@ class CloudBackend(RunStacks, ABC, Generic[W, R]):
 
     def __init__(self, profile: Profile, home: Path) -> None:
         super().__init__(profile, home)
-        self.cache = home / "cache"
-        self._wheel: Wheel | None = None
         self._seen: dict[str, tuple[float, tuple[str, str] | None]] = {}
 
     # -- what a subclass declares ----------------------------------------------------------
@@ -105,11 +103,6 @@ class CloudBackend(RunStacks, ABC, Generic[W, R]):
 
     # -- settings --------------------------------------------------------------------------
 
-    def setting(self, key: str, default: str | None = None) -> str | None:
-        """A profile setting as text (None when absent)."""
-        value = self.profile.settings.get(key)
-        return default if value in (None, "") else str(value)
-
     def required(self, key: str, example: str) -> str:
         """A setting the backend cannot work without; a UsageError that says how to set it."""
         value = self.setting(key)
@@ -141,9 +134,7 @@ class CloudBackend(RunStacks, ABC, Generic[W, R]):
     def instance_store_url(self) -> str:
         """The store as the instance opens it: without a local credentials profile (the
         instance uses its own identity)."""
-        parsed = urlparse(self.store_url())
-        query = [(k, v) for k, v in parse_qsl(parsed.query) if k != "profile"]
-        return urlunparse(parsed._replace(query=urlencode(query)))
+        return without_local_profile(self.store_url())
 
     def store(self) -> Store:
         """The store of the workspace bucket."""
@@ -190,12 +181,6 @@ class CloudBackend(RunStacks, ABC, Generic[W, R]):
         """Refuse, before anything is created, a job no instance type here fits."""
         app_ports(job.ports)
         self.offer(job)
-
-    def wheel(self) -> Wheel:
-        """The dstack wheel this process installs on instances (found or built once)."""
-        if self._wheel is None:
-            self._wheel = find_wheel(self.profile, self.cache)
-        return self._wheel
 
     def publish_wheel(self) -> Wheel:
         """Upload the wheel to the workspace bucket, under `wheels/<digest>/`."""

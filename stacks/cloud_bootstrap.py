@@ -17,6 +17,25 @@ from dstack.stacks.instance_spec import app_ports
 from dstack.stacks.wheel import Wheel
 
 REMOTE_ROOT = "/opt/dstack"
+VENV = f"{REMOTE_ROOT}/venv"
+"""The runner's venv on a remote machine (an instance, a pod)."""
+
+
+def wheel_path(wheel: Wheel) -> str:
+    """Where a remote machine's `fetch` lines put the wheel."""
+    return f"{REMOTE_ROOT}/{wheel.name}"
+
+
+def install_wheel(wheel: Wheel, fetch: list[str]) -> list[str]:
+    """Lines that fetch the exact wheel to `wheel_path` (`fetch`), check it against its
+    SHA-256 and install it into `VENV`."""
+    q = shlex.quote
+    return [
+        *fetch,
+        f"echo {q(f'{wheel.sha256}  {wheel_path(wheel)}')} | sha256sum -c -",
+        f"{q(VENV + '/bin/pip')} install -q --disable-pip-version-check "
+        f"{q(wheel_path(wheel))}",
+    ]
 
 
 def cloud_preamble(wheel: Wheel, fetch: list[str], max_minutes: int,
@@ -24,8 +43,7 @@ def cloud_preamble(wheel: Wheel, fetch: list[str], max_minutes: int,
     """Lines before the runner starts: watchdog, power-off on exit, one boot only, Docker
     when the job needs it and the image lacks it, a venv with the exact wheel (`fetch` puts
     it at `REMOTE_ROOT/<wheel name>`)."""
-    venv = f"{REMOTE_ROOT}/venv"
-    wheel_path = f"{REMOTE_ROOT}/{wheel.name}"
+    venv = VENV
     q = shlex.quote
     apt = "apt-get -o DPkg::Lock::Timeout=300 -q"
     docker_lines = [f"command -v docker >/dev/null 2>&1 || {{ {apt} update && {apt} install -y "
@@ -44,9 +62,7 @@ def cloud_preamble(wheel: Wheel, fetch: list[str], max_minutes: int,
         f"&& python3 -m venv --clear {q(venv)}; }}",
         *docker_lines,
         f"{q(venv + '/bin/pip')} install -q --upgrade pip",
-        *fetch,
-        f"echo {q(f'{wheel.sha256}  {wheel_path}')} | sha256sum -c -",
-        f"{q(venv + '/bin/pip')} install -q {q(wheel_path)}",
+        *install_wheel(wheel, fetch),
     ]
 
 
@@ -56,7 +72,7 @@ def cloud_bootstrap(run: RunRecord, *, store_url: str, wheel: Wheel, fetch: list
     ports = app_ports(run.job.ports)
     extra = {"DSTACK_APP_PORTS": ",".join(map(str, ports))} if ports else {}
     return render_bootstrap(
-        python=f"{REMOTE_ROOT}/venv/bin/python", store_url=store_url, run=run.name,
+        python=f"{VENV}/bin/python", store_url=store_url, run=run.name,
         workdir=f"{REMOTE_ROOT}/runs/{run.name}", cache=f"{REMOTE_ROOT}/cache",
         host="0.0.0.0",
         preamble=cloud_preamble(wheel, fetch, max(1, math.ceil(max_duration / 60)),

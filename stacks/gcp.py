@@ -21,7 +21,7 @@ from dstack.run.job import Job
 from dstack.run.record import RunRecord
 from dstack.stacks.caller import planned_caller
 from dstack.stacks.cloud import CloudBackend, Outputs, Program
-from dstack.stacks.cloud_bootstrap import REMOTE_ROOT, cloud_bootstrap
+from dstack.stacks.cloud_bootstrap import VENV, cloud_bootstrap, wheel_path
 from dstack.stacks.gcp_programs import (
     GcpRun,
     GcpWorkspace,
@@ -138,8 +138,8 @@ class GcpBackend(CloudBackend[GcpWorkspace, GcpRun]):
         """Startup script: install the exact wheel from the bucket with the VM's service
         account, run the runner against the bucket, power off when it exits. No secret."""
         wheel = self.wheel()
-        venv = f"{REMOTE_ROOT}/venv/bin"
-        dest = f"{REMOTE_ROOT}/{wheel.name}"
+        venv = f"{VENV}/bin"
+        dest = wheel_path(wheel)
         url = f"gs://{self.bucket()}/{wheel.store_key}"
         fetch = [
             "if command -v gcloud >/dev/null 2>&1; then",

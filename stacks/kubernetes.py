@@ -25,7 +25,7 @@ from contextlib import ExitStack, suppress
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+from urllib.parse import parse_qsl, urlparse, urlunparse
 
 from dstack.config.backends import BackendClass, ResourceChange
 from dstack.config.profiles import Profile
@@ -35,6 +35,7 @@ from dstack.run.record import App, RunRecord, run_stack_name
 from dstack.runner.bootstrap import render_bootstrap
 from dstack.sizes import format_size
 from dstack.stacks.caller import normalize_cidr
+from dstack.stacks.cloud_bootstrap import REMOTE_ROOT, VENV, install_wheel, wheel_path
 from dstack.stacks.instance_spec import (
     app_ports,
     format_duration,
@@ -45,8 +46,7 @@ from dstack.stacks.instance_spec import (
 from dstack.stacks.kube_api import KubeApi, PodState
 from dstack.stacks.kube_offers import NodePool, fitting_pools, node_pools
 from dstack.stacks.run_stacks import RunStacks
-from dstack.stacks.wheel import Wheel, find_wheel
-from dstack.store.base import Store, open_store
+from dstack.store.base import Store, open_store, without_local_profile
 
 if TYPE_CHECKING:
     from dstack.stacks.kubernetes_programs import KubeRun
@@ -57,7 +57,7 @@ POD_GONE_S = 60.0
 """How long a teardown waits for the run's pod to be gone after the stack's destroy."""
 POD_CHECK_S = 3.0
 """How often a follower asks the cluster whether a run's pod still runs."""
-ROOT = "/opt/dstack"
+ROOT = REMOTE_ROOT
 DOWNLOAD = {
     "s3": ("boto3", "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1] or None)"
                     ".download_file(*sys.argv[2:5])"),
@@ -94,18 +94,11 @@ class KubernetesBackend(RunStacks):
 
     def __init__(self, profile: Profile, home: Path) -> None:
         super().__init__(profile, home)
-        self.cache = home / "cache"
-        self._wheel: Wheel | None = None
         self._forwards = ExitStack()
         self._forwarded: dict[tuple[str, int], int] = {}
         self._seen: dict[str, tuple[float, tuple[bool, PodState | None]]] = {}
 
     # -- settings ----------------------------------------------------------------------------
-
-    def setting(self, key: str) -> str | None:
-        """A profile setting as text (None when absent)."""
-        value = self.profile.settings.get(key)
-        return None if value in (None, "") else str(value)
 
     @cached_property
     def api(self) -> KubeApi:
@@ -132,9 +125,7 @@ class KubernetesBackend(RunStacks):
     def pod_store_url(self) -> str:
         """The store as the pod opens it: without a local AWS profile name (the pod has the
         credentials in its environment)."""
-        parsed = urlparse(self.store_url())
-        query = [(k, v) for k, v in parse_qsl(parsed.query) if k != "profile"]
-        return urlunparse(parsed._replace(query=urlencode(query)))
+        return without_local_profile(self.store_url())
 
     def schedule_timeout_s(self) -> int:
         """How long a run waits for its pod to be placed and started."""
@@ -192,12 +183,6 @@ class KubernetesBackend(RunStacks):
 
     # -- runs --------------------------------------------------------------------------------
 
-    def wheel(self) -> Wheel:
-        """The dstack wheel the pod installs (found or built once)."""
-        if self._wheel is None:
-            self._wheel = find_wheel(self.profile, self.cache)
-        return self._wheel
-
     def bootstrap(self, run: RunRecord) -> str:
         """The pod's command: a venv with the exact wheel from the store (fetched with the
         credentials of the pod's Secret, checked against its SHA-256), then the runner."""
@@ -208,23 +193,21 @@ class KubernetesBackend(RunStacks):
                              "pods cannot reach", "Use an s3:// or gs:// store.")
         package, code = DOWNLOAD[scheme]
         endpoint = dict(parse_qsl(urlparse(self.store_url()).query)).get("endpoint_url", "")
-        venv, wheel_path = f"{ROOT}/venv", f"{ROOT}/{wheel.name}"
         q = shlex.quote
+        fetch = [shlex.join([f"{VENV}/bin/python", "-c", code, endpoint,
+                             _bucket(self.store_url()), _key(self.store_url(), wheel.store_key),
+                             wheel_path(wheel)])]
         preamble = [
             f"mkdir -p {q(ROOT)}",
             *CREDENTIAL_FILES,
-            f"[ -x {q(venv + '/bin/python')} ] || python3 -m venv {q(venv)}",
-            shlex.join([f"{venv}/bin/pip", "install", "-q", "--disable-pip-version-check",
+            f"[ -x {q(VENV + '/bin/python')} ] || python3 -m venv {q(VENV)}",
+            shlex.join([f"{VENV}/bin/pip", "install", "-q", "--disable-pip-version-check",
                         package]),
-            shlex.join([f"{venv}/bin/python", "-c", code, endpoint, _bucket(self.store_url()),
-                        _key(self.store_url(), wheel.store_key), wheel_path]),
-            f"echo {q(f'{wheel.sha256}  {wheel_path}')} | sha256sum -c -",
-            shlex.join([f"{venv}/bin/pip", "install", "-q", "--disable-pip-version-check",
-                        wheel_path]),
+            *install_wheel(wheel, fetch),
         ]
         ports = app_ports(run.job.ports)
         return render_bootstrap(
-            python=f"{venv}/bin/python", store_url=self.pod_store_url(), run=run.name,
+            python=f"{VENV}/bin/python", store_url=self.pod_store_url(), run=run.name,
             workdir=f"{ROOT}/runs/{run.name}", cache=f"{ROOT}/cache", host="0.0.0.0",
             preamble=preamble,
             env={"DSTACK_APP_PORTS": ",".join(map(str, ports))} if ports else {})

@@ -37,7 +37,6 @@ class LocalBackend(RunStacks):
         super().__init__(profile, home)
         self.store_root = Path(store_url(profile, home)[len("file://"):])
         self.workdirs = home / "workdirs"
-        self.cache = home / "cache"
 
     def store(self) -> Store:
         """The store folder."""

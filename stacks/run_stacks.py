@@ -1,8 +1,9 @@
 """What every backend does with its stacks through the engine, in one place.
 
-`RunStacks` is the base of the local and the cloud backends: it holds the profile, the dstack
-home and the engine (created on first use: `ps`, `logs` and the checks before a run do not
-need pulumi, about 0.4 s of imports), destroys a run stack (a stack never created counts as
+`RunStacks` is the base of the local, cloud and Kubernetes backends: it holds the profile, its
+settings, the dstack home, the wheel a remote runner installs, and the engine (created on
+first use: `ps`, `logs` and the checks before a run do not need pulumi, about 0.4 s of
+imports), destroys a run stack (a stack never created counts as
 destroyed), lists the stacks, reads a run's history, and clears the locks dead engines left
 in a local state folder. It imports no pulumi.
 """
@@ -17,6 +18,7 @@ from dstack.config.backends import ResourceChange, StackInfo, UpdateRecord
 from dstack.config.profiles import Profile
 from dstack.run.record import App, RunRecord, run_stack_name
 from dstack.stacks.file_state import PROJECT_NAME, clear_stale_locks, state_folder
+from dstack.stacks.wheel import Wheel, find_wheel
 
 if TYPE_CHECKING:
     from dstack.stacks.engine import Engine
@@ -28,6 +30,20 @@ class RunStacks:
     def __init__(self, profile: Profile, home: Path) -> None:
         self.profile = profile
         self.home = home
+        self.cache = home / "cache"
+        self._wheel: Wheel | None = None
+
+    def wheel(self) -> Wheel:
+        """The dstack wheel a remote runner (an instance, a pod) installs: this process's,
+        found or built once."""
+        if self._wheel is None:
+            self._wheel = find_wheel(self.profile, self.cache)
+        return self._wheel
+
+    def setting(self, key: str, default: str | None = None) -> str | None:
+        """A profile setting as text (`default` when absent or empty)."""
+        value = self.profile.settings.get(key)
+        return default if value in (None, "") else str(value)
 
     @cached_property
     def engine(self) -> Engine:

@@ -13,7 +13,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from dstack.errors import StoreError, UsageError
 from dstack.json_types import JsonDoc as JsonDoc  # the stores' documents (re-exported)
@@ -145,6 +145,14 @@ STORES: dict[str, str] = {
     "gs": "dstack.store.gcs:GCSStore",
 }
 """URL scheme → store class (`module:Class`), imported lazily."""
+
+
+def without_local_profile(url: str) -> str:
+    """The store URL as another machine (an instance, a pod) opens it: without the `profile`
+    option, which names credentials of this machine; it has credentials of its own."""
+    parsed = urlparse(url)
+    query = [(k, v) for k, v in parse_qsl(parsed.query) if k != "profile"]
+    return urlunparse(parsed._replace(query=urlencode(query)))
 
 
 def open_store(url: str) -> Store:
