@@ -229,6 +229,8 @@ def test_max_duration_ends_the_vm_and_interruptible_asks_for_spot(
     vm = wait_for("the VM", lambda: gcp_cloud.document("instances"), 120)[0]
     assert vm["scheduling"]["provisioningModel"] == "SPOT"
     assert vm["scheduling"]["maxRunDuration"]["seconds"] in (60, "60")
+    # The VM is in the document before its boot has started: wait for it to run first.
+    wait_for("the VM to boot", gcp_cloud.running, 120)
     wait_for("the VM to be gone or off", lambda: not gcp_cloud.running(), 300)
     # Nothing tells the GCP backend the VM is gone but the runner's heartbeat: stop it.
     name = SUBMITTED.search(run_output(out, err))[1]  # type: ignore[index]
