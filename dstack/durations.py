@@ -1,8 +1,20 @@
-"""How long something took: the seconds between two ISO 8601 times, and how listings show them."""
+"""How long something took: the seconds between two ISO 8601 times, how listings show them,
+and durations as people write them (`72h`, `90m`, `7d`)."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_s(value: object) -> float | None:
+    """Seconds of `72h`, `90m`, `7d`, `3600s` or a bare number of seconds; None when `value`
+    is not written like that."""
+    match = None if isinstance(value, bool) else _DURATION.match(str(value))
+    return float(match[1]) * _UNIT_S[match[2].lower()] if match else None
 
 
 def elapsed_s(start: str, end: str | None, now: float) -> float:

@@ -9,9 +9,9 @@ runner as `DSTACK_APP_PORTS` (comma-separated, in order).
 from __future__ import annotations
 
 import math
-import re
 
 from dstack.config.profiles import Profile
+from dstack.durations import duration_s
 from dstack.errors import UsageError
 from dstack.run.job import Job
 from dstack.spec.models import Resources
@@ -22,8 +22,6 @@ MAX_APP_PORTS = 20
 DEFAULT_DISK_GIB = 100
 DEFAULT_MAX_DURATION_S = 72 * 3600
 GIB = 1024**3
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def app_ports(count: int) -> list[int]:
@@ -36,8 +34,7 @@ def app_ports(count: int) -> list[int]:
 
 def parse_duration(value: object) -> int:
     """Seconds of `72h`, `90m`, `2d`, `3600s` or a bare number of seconds (a minute or more)."""
-    match = None if isinstance(value, bool) else _DURATION.match(str(value))
-    seconds = float(match[1]) * _UNIT_S[match[2].lower()] if match else 0.0
+    seconds = duration_s(value) or 0.0
     if seconds < 60:
         raise UsageError(f"max_duration {value!r} is not a duration of a minute or more",
                          "Write it like 72h, 90m or 2d.")
