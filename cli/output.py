@@ -118,6 +118,13 @@ def print_json(doc: object) -> None:
         print(json.dumps(doc, indent=2, sort_keys=False, default=str), flush=True)
 
 
+def lines(texts: Sequence[str]) -> None:
+    """Plain lines to stdout."""
+    with _stdout_kept():
+        sys.stdout.write("".join(f"{t}\n" for t in texts))
+        sys.stdout.flush()
+
+
 def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """A plain aligned table to stdout (fast for tens of thousands of rows)."""
     cells = list(zip(*rows, strict=True)) if rows else [() for _ in columns]

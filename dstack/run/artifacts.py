@@ -1,13 +1,16 @@
-"""Artifacts of runs: listing, downloading, and uploading local files as a tagged run."""
+"""Artifacts of runs: listing, downloading, sharing as signed download links, and uploading
+local files as a tagged run."""
 
 from __future__ import annotations
 
 import os
 import posixpath
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from dstack.code.archive import safe_join
+from dstack.durations import duration_s
 from dstack.errors import NotFoundError, UsageError
 from dstack.run.job import ArtifactPath, Job
 from dstack.run.record import (
@@ -50,22 +53,68 @@ def list_artifacts(store: Store, run: str) -> list[ArtifactFile]:
     return files
 
 
-def download(store: Store, run: str, out_dir: Path, path: str | None = None) -> list[Path]:
-    """Download `run`'s artifacts (only those under `path`, if given) into `out_dir`."""
+def _selected(store: Store, run: str, path: str | None) -> list[tuple[str, str]]:
+    """(store key, artifact path) of `run`'s artifact files, only the file `path` or those
+    under it if given; NotFoundError when `path` is neither."""
     prefix = artifact_prefix(run)
     wanted = posixpath.normpath(path).strip("/") if path else None
-    written = []
+    files = []
     for key in store.list(prefix):
         rel = key[len(prefix):]
-        if wanted and rel != wanted and not rel.startswith(wanted + "/"):
-            continue
+        if not wanted or rel == wanted or rel.startswith(wanted + "/"):
+            files.append((key, rel))
+    if wanted and not files:
+        raise NotFoundError(f"run {run} has no artifact at {wanted!r}",
+                            f"`dstack artifacts list {run}` shows what it has.")
+    return files
+
+
+def download(store: Store, run: str, out_dir: Path, path: str | None = None) -> list[Path]:
+    """Download `run`'s artifacts (only those under `path`, if given) into `out_dir`."""
+    written = []
+    for key, rel in _selected(store, run, path):
         target = safe_join(out_dir, rel)
         store.get_file(key, target)
         written.append(target)
-    if wanted and not written:
-        raise NotFoundError(f"run {run} has no artifact at {wanted!r}",
-                            f"`dstack artifacts list {run}` shows what it has.")
     return written
+
+
+@dataclass(frozen=True)
+class SharedLink:
+    """A download link to one artifact file, for anyone, without credentials."""
+
+    path: str
+    url: str
+    expires_at: str
+    """When the link stops working (ISO 8601, UTC, to the second)."""
+
+
+def parse_expires(value: str) -> int:
+    """Seconds of an `--expires` value (`24h`, `90m`, `7d`, `30s`; a second or more)."""
+    seconds = duration_s(value)
+    if seconds is None or seconds < 1:
+        raise UsageError(f"--expires {value!r} is not a duration of a second or more",
+                         "Write it like 24h, 90m, 7d or 30s.")
+    return int(seconds)
+
+
+def share(store: Store, ref: str, expires_s: int, path: str | None = None) -> list[SharedLink]:
+    """Links, valid for `expires_s` seconds, to the artifact files of `ref` (`RUN` or `:TAG`),
+    only the file `path` or those under it if given: one per file.
+
+    The store says first whether it can sign such links (a folder cannot; S3 and GCS links
+    last at most 7 days). Nothing is made public. `expires_at` is when signing started plus
+    `expires_s`, to the second, so no link stops working before it.
+    """
+    store.check_share(expires_s)
+    run = resolve_source(store, ref)
+    files = _selected(store, run.name, path)
+    if not files:
+        raise NotFoundError(f"run {run.name} has no artifacts to share",
+                            f"`dstack ps {run.name}` shows how it went.")
+    start = datetime.now(timezone.utc).replace(microsecond=0)
+    expires_at = (start + timedelta(seconds=expires_s)).isoformat()
+    return [SharedLink(rel, store.share_url(key, expires_s), expires_at) for key, rel in files]
 
 
 def upload_as_tag(store: Store, tag: str, paths: list[str], root: Path, profile: str,

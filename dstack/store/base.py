@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
-from dstack.errors import StoreError, UsageError
+from dstack.errors import DstackError, StoreError, UsageError
 from dstack.json_types import JsonDoc as JsonDoc  # the stores' documents (re-exported)
 from dstack.lazy import load_class
 
@@ -105,6 +105,22 @@ class Store(ABC):
         """
         return True
 
+    def share_refusal(self) -> DstackError:
+        """Why this store gives no download links, and what to do (a store that signs links
+        overrides `check_share` and `share_url` instead)."""
+        return UsageError(f"the store {self.url} cannot give download links",
+                          "Share from a profile whose store is an S3 or GCS bucket.")
+
+    def check_share(self, expires_s: int) -> None:
+        """Raise a DstackError saying why and what to do when this store cannot give download
+        links lasting `expires_s` seconds (`share_url`); return when it can."""
+        raise self.share_refusal()
+
+    def share_url(self, key: str, expires_s: int) -> str:
+        """A URL that anyone can GET `key` with, without credentials, for `expires_s` seconds:
+        a signed link, nothing is made public. `check_share` tells first whether it can."""
+        raise self.share_refusal()
+
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object under `prefix`."""
         for key in self.list(prefix):
@@ -121,6 +137,21 @@ class Store(ABC):
     def create_json(self, key: str, doc: JsonDoc) -> bool:
         """Write a JSON document at `key` only if nothing is there."""
         return self.create_bytes(key, dump_json_doc(doc))
+
+
+MAX_SHARE_S = 7 * 86400
+"""The longest an S3 presigned URL or a GCS V4 signed URL can last: 7 days."""
+
+
+def check_share_limit(expires_s: int, kind: str) -> None:
+    """Refuse links that last under a second or longer than `MAX_SHARE_S`, which `kind` (the
+    links' name, e.g. "S3 presigned URLs") cannot."""
+    if expires_s < 1:
+        raise UsageError(f"a link must last a second or more, not {expires_s} s",
+                         "Give --expires like 24h, 90m or 7d.")
+    if expires_s > MAX_SHARE_S:
+        raise UsageError(f"{kind} last at most 7 days (604800 s); {expires_s} s is longer",
+                         "Give --expires 7d or less, and share again when the links run out.")
 
 
 def load_json_doc(data: bytes, where: str) -> JsonDoc:

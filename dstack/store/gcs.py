@@ -11,6 +11,10 @@ server to check, and downloads are verified against it. Files over 8 MiB go thro
 chunked resumable upload. Atomicity: `create_bytes` uploads with `if_generation_match=0` and
 `update_json` reads the generation and writes with `if_generation_match=<generation>`,
 retrying when another writer got there first.
+
+Download links (`share_url`) are V4 signed URLs, signed by credentials that hold a private
+key (a service-account key file); user credentials and the emulator's anonymous ones are
+refused with the reason.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, urlencode, urlparse
 
+import google.auth.credentials as gauth_credentials
 import google.auth.exceptions as gauth
 import requests
 from google.api_core import exceptions as gex
@@ -36,7 +41,14 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 from dstack.errors import NotFoundError, StoreError, UsageError
 from dstack.files import replacing
-from dstack.store.base import JsonDoc, Store, check_key, dump_json_doc, load_json_doc
+from dstack.store.base import (
+    JsonDoc,
+    Store,
+    check_key,
+    check_share_limit,
+    dump_json_doc,
+    load_json_doc,
+)
 
 CHUNK_SIZE = 16 * 1024 * 1024  # resumable upload chunk (a multiple of 256 KiB)
 DELETE_THREADS = 16
@@ -44,9 +56,23 @@ POOL_SIZE = 32
 UPDATE_ATTEMPTS = 100
 CHECKSUM = "crc32c"
 _BUCKET_404 = {"upload", "create", "update", "listing"}
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+_SIGNING_HINT = ("Sign with a service account's key file: run the command with "
+                 "GOOGLE_APPLICATION_CREDENTIALS=KEY.json (e.g. the file the gcp profile's "
+                 "`credentials` setting names; `gcloud iam service-accounts keys create` makes "
+                 "one). The account needs storage.objects.get on the bucket for the links to "
+                 "work.")
 _CREDENTIALS_HINT = ("Log in with `gcloud auth application-default login`, or point "
                      "GOOGLE_APPLICATION_CREDENTIALS at a service-account key file; the identity "
                      "needs roles/storage.objectAdmin on the bucket.")
+
+
+def _kind(creds: object) -> str:
+    """Credentials as a user knows them (their class, else)."""
+    name = f"{type(creds).__module__}.{type(creds).__qualname__}"
+    return {"google.oauth2.credentials.Credentials": "user credentials",
+            "google.auth.compute_engine.credentials.Credentials":
+                "the credentials of this VM's metadata server"}.get(name, name)
 
 
 def _prefix(path: str) -> str:
@@ -228,6 +254,35 @@ class GCSStore(Store):
     def delete(self, key: str) -> None:
         with self._errors(key, "delete"), suppress(gex.NotFound):
             self._blob(key).delete(retry=DEFAULT_RETRY)
+
+    def check_share(self, expires_s: int) -> None:
+        """V4 signed URLs last at most 7 days, and need credentials that can sign."""
+        check_share_limit(expires_s, "GCS V4 signed URLs")
+        creds = self.client._credentials
+        if isinstance(creds, gauth_credentials.Signing):
+            return
+        emulator = os.environ.get(EMULATOR_ENV)
+        if emulator and isinstance(creds, gauth_credentials.AnonymousCredentials):
+            raise UsageError(
+                f"the store {self.base} is the GCS emulator at {emulator} "
+                f"({EMULATOR_ENV}), which the client reaches with anonymous credentials: "
+                "they cannot sign a link", f"Share from a real GCS bucket (unset "
+                f"{EMULATOR_ENV}). The emulator (fake-gcs-server) checks no signature anyway: its "
+                "objects are readable by anyone who reaches it.")
+        raise UsageError(
+            f"the Google credentials of the store {self.base} ({_kind(creds)}) hold no private "
+            "key, so they cannot sign a link (user credentials, such as those of `gcloud auth "
+            "application-default login`, never can)", _SIGNING_HINT)
+
+    def share_url(self, key: str, expires_s: int) -> str:
+        """A V4 signed GET URL signed with the store's credentials (a service account's key):
+        signing sends no request; GCS checks the signature, the expiry and the account's
+        storage.objects.get when the link is used."""
+        self.check_share(expires_s)
+        with self._errors(key, "signing of a link"):
+            url: str = self._blob(key).generate_signed_url(
+                version="v4", expiration=timedelta(seconds=expires_s), method="GET")
+        return url
 
     def delete_prefix(self, prefix: str) -> None:
         """Concurrent deletes (batch requests are not supported by the emulator)."""

@@ -12,7 +12,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from dstack.errors import NotFoundError, StoreError
+from dstack.errors import DstackError, NotFoundError, StoreError, UsageError
 from dstack.files import create_whole, replacing
 from dstack.store.base import JsonDoc, Store, check_key
 
@@ -137,6 +137,15 @@ class LocalStore(Store):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def share_refusal(self) -> DstackError:
+        """A folder has nothing to sign, and no one else reaches files on this machine."""
+        return UsageError(f"the artifacts of this profile are files on this machine (the store "
+                          f"folder {self.root}): there is no link to sign, and no one else "
+                          "can reach them", "Copy them to where they are needed with `dstack "
+                          "artifacts download RUN|:TAG -o DIR`, or run the workflow with a "
+                          "profile whose store is an S3 or GCS bucket (`dstack config add aws|"
+                          "gcp ...`, then `--profile NAME`) and share from there.")
 
     def delete_prefix(self, prefix: str) -> None:
         self._made.clear()

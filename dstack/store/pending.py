@@ -12,7 +12,7 @@ import builtins
 from collections.abc import Callable
 from pathlib import Path
 
-from dstack.errors import NotFoundError, StoreError
+from dstack.errors import DstackError, NotFoundError, StoreError
 from dstack.store.base import JsonDoc, Store
 
 
@@ -34,6 +34,12 @@ class PendingStore(Store):
 
     def available(self) -> bool:
         return False
+
+    def share_refusal(self) -> DstackError:
+        """No run of the profile exists yet, so there is nothing to share."""
+        return NotFoundError(f"profile {self.profile!r} has not run anything yet (its store "
+                             f"{self.url} does not exist), so there is nothing to share",
+                             f"Its first `dstack run --profile {self.profile}` creates it.")
 
     def get_bytes(self, key: str) -> bytes:
         raise self._missing(key)

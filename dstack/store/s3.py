@@ -12,6 +12,9 @@ Atomicity: `create_bytes` is a conditional PUT (`If-None-Match: *`) and `update_
 optimistic read-modify-write (`If-Match: <ETag>`, retried on 412). A server that answers
 501 NotImplemented to a conditional PUT gets a documented fallback: check-then-put, which is
 NOT atomic (two racing writers can both win); a warning is logged once per store.
+
+Download links (`share_url`) are SigV4 presigned GET URLs of the store's client (its
+credentials and endpoint), at most 7 days long; nothing is made public.
 """
 
 from __future__ import annotations
@@ -37,7 +40,14 @@ from botocore.config import Config
 
 from dstack.errors import NotFoundError, StoreError, UsageError
 from dstack.files import replacing
-from dstack.store.base import JsonDoc, Store, check_key, dump_json_doc, load_json_doc
+from dstack.store.base import (
+    JsonDoc,
+    Store,
+    check_key,
+    check_share_limit,
+    dump_json_doc,
+    load_json_doc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +123,7 @@ class S3Store(Store):
             raise StoreError(f"the AWS profile {profile!r} of the store {self.base} is not "
                              "configured", self._credentials_hint()) from exc
         self.region = session.region_name
-        config = Config(max_pool_connections=4 * CONCURRENCY,
+        config = Config(max_pool_connections=4 * CONCURRENCY, signature_version="s3v4",
                         retries={"mode": "standard", "max_attempts": 5},
                         s3={"addressing_style": "path"} if self.endpoint_url else None)
         # boto3 ships no types: the client is untyped (its listing pages are `_Page`s).
@@ -333,6 +343,24 @@ class S3Store(Store):
     def delete(self, key: str) -> None:
         with self._errors(key, "delete"):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def check_share(self, expires_s: int) -> None:
+        """S3 presigned URLs last at most 7 days."""
+        check_share_limit(expires_s, "S3 presigned URLs")
+
+    def share_url(self, key: str, expires_s: int) -> str:
+        """A presigned GET URL (SigV4) signed with the store's credentials, at its endpoint.
+
+        Signing sends no request: S3 checks the signature, the expiry and the identity's
+        s3:GetObject when the link is used. A link signed with temporary credentials (SSO,
+        an assumed role) stops working when they expire, if that is sooner.
+        """
+        self.check_share(expires_s)
+        with self._errors(key, "signing of a link"):
+            url: str = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
+                ExpiresIn=expires_s, HttpMethod="GET")
+        return url
 
     def delete_prefix(self, prefix: str) -> None:
         keys = [self.prefix + k for k in self.list(prefix)]
