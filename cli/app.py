@@ -13,6 +13,7 @@ import typer.main
 from dstack.cli import output
 from dstack.cli.artifacts_cmds import artifacts_app
 from dstack.cli.config_cmds import config_app
+from dstack.cli.cost_cmds import cost_app
 from dstack.cli.mistakes import check_argv
 from dstack.cli.runs_cmds import runs_app
 from dstack.cli.secrets_cmds import secrets_app
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 app.add_typer(runs_app)  # without a name: run, ps, logs, ... are dstack's own commands
 app.add_typer(workflow_app)  # schema, validate
+app.add_typer(cost_app)  # cost
 app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(tags_app, name="tags")
 app.add_typer(config_app, name="config")

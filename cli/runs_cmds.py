@@ -149,6 +149,8 @@ def ps(
     all_projects: Annotated[bool, typer.Option(
         "--all-projects", help="Runs of every project, not only this one's.")] = False,
     project: ProjectOpt = None,
+    mine: Annotated[bool, typer.Option(
+        "--mine", help="Only runs you started (as the profile's identity).")] = False,
     profile: Profile = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -156,6 +158,7 @@ def ps(
     import time
 
     from dstack.durations import format_elapsed
+    from dstack.run.billing import format_cost
     from dstack.run.listing import run_docs, run_summary, shown_runs
     from dstack.run.project import project_label, project_of
     from dstack.run.record import load_run
@@ -166,6 +169,9 @@ def ps(
         docs = [load_run(ctx.store, run_name).model_dump(mode="json")]
     else:
         every = run_docs(ctx.store, ctx.listing_cache)
+        if mine:
+            me = ctx.backend.identity()
+            every = [d for d in every if d.get("owner") == me]
         here = None if all_projects else project_of(project_folder(project))
         docs = shown_runs(every, here, all_projects=all_projects, all_runs=all_runs)
         if not docs and every and not all_projects:
@@ -178,19 +184,29 @@ def ps(
         output.print_json(rows)
         return
     cols = ["RUN", "WORKFLOW", *(["PROJECT"] if all_projects else []), "PROVIDER",
-            "STATUS", "SUBMITTED", "DURATION", "BACKEND", "TAGS", "ARTIFACTS"]
+            "STATUS", "OWNER", "SUBMITTED", "DURATION", "COST", "BACKEND", "TAGS",
+            "ARTIFACTS"]
     if any(r["apps"] for r in rows):
         cols.append("APPS")
     output.table(cols, [
         [str(r["run"]), str(r["workflow"]),
          *([project_label(r["project"])] if all_projects else []),
-         str(r["provider"]), str(r["status"]), _ago(str(r["submitted"])),
-         format_elapsed(r["duration"]), str(r["backend"]), ", ".join(r["tags"]),
+         str(r["provider"]), str(r["status"]), _owner(r["owner"]),
+         _ago(str(r["submitted"])),
+         format_elapsed(r["duration"]), format_cost(r["cost"]), str(r["backend"]),
+         ", ".join(r["tags"]),
          ", ".join(r["artifacts"]), *([" ".join(r["apps"])] if "APPS" in cols else [])]
         for r in rows
     ])
     if run_name and rows[0]["message"]:  # one run: why it ended the way it did
         print(f"message: {rows[0]['message']}")
+
+
+def _owner(owner: str | None) -> str:
+    """The owner as a column shows it: an ARN's last part (`user/alice`), else as recorded."""
+    if not owner:
+        return "—"
+    return owner.split(":")[-1] if owner.startswith("arn:") else owner
 
 
 @runs_app.command()
@@ -317,7 +333,8 @@ def gc_cmd(profile: Profile = None) -> None:
     report = gc(Context.open(profile), output.say)  # gc does what opening would reconcile
     output.say(f"gc: {len(report.locks)} stale lock(s), {len(report.torn_down)} finished "
                f"run(s), {len(report.orphans)} orphan stack(s), {len(report.code)} unused "
-               "code archive(s)")
+               "code archive(s)" + (f", {len(report.elsewhere)} live run(s) of other machines "
+                                    "left alone" if report.elsewhere else ""))
     if report.ok:
         return
     what = [f"destroy the stack of {len(report.failed)} run(s): {', '.join(report.failed)}"] \

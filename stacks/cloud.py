@@ -63,6 +63,7 @@ class CloudBackend(RunStacks, ABC, Generic[W, R]):
     def __init__(self, profile: Profile, home: Path) -> None:
         super().__init__(profile, home)
         self._seen: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._identity: str | None = None
 
     # -- what a subclass declares ----------------------------------------------------------
 

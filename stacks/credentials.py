@@ -39,6 +39,28 @@ def check_aws(settings: Mapping[str, str]) -> dict[str, str]:
     return {"account": str(ident["Account"]), "arn": str(ident["Arn"])}
 
 
+def gcp_account(settings: Mapping[str, str]) -> str:
+    """The account of the profile's GCP credentials: a service account's email; for a user's
+    application-default credentials (which name no account), `<local user> (gcloud)`."""
+    import getpass
+
+    import google.auth
+    import google.auth.exceptions as gexc
+
+    try:
+        if settings.get("credentials"):
+            creds, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
+                settings["credentials"])
+        else:
+            creds, _ = google.auth.default()
+    except (gexc.DefaultCredentialsError, OSError, ValueError) as exc:
+        raise UsageError(f"no usable GCP credentials: {exc}",
+                         "Run `gcloud auth application-default login`, or add the profile "
+                         "again with --credentials FILE.") from None
+    email = getattr(creds, "service_account_email", None)
+    return str(email) if email else f"{getpass.getuser()} (gcloud)"
+
+
 def check_gcp(settings: Mapping[str, str]) -> dict[str, str]:
     """Load the GCP credentials and check the project is reachable: {project, account}."""
     import google.auth

@@ -83,13 +83,16 @@ def install_official(root: str, version: str) -> None:
 class Engine:
     """Stacks of the `dstack` project in one state backend, run by the engine in the home."""
 
-    def __init__(self, home: Path, backend_url: str | None = None) -> None:
+    def __init__(self, home: Path, backend_url: str | None = None,
+                 passphrase_file: Path | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.home = home
         self.backend_url = state_url(home, backend_url)
         self.file_state = state_folder(home, backend_url)
         self.work_dir = home / "pulumi" / "project"
         self.pulumi_home = home / "pulumi" / "home"
-        self.passphrase_file = home / "secrets" / "pulumi-passphrase"
+        self.passphrase_file = passphrase_file or home / "secrets" / "pulumi-passphrase"
+        self.extra_env = extra_env or {}
         self.output_dir = home / "pulumi" / "output"
         self._prepared = False
 
@@ -105,6 +108,7 @@ class Engine:
             "PULUMI_PYTHON_CMD": sys.executable,
             "PULUMI_CONFIG_PASSPHRASE_FILE": str(self.passphrase_file),
             "PATH": f"{self.binary.parent}{os.pathsep}{path}",
+            **self.extra_env,
         }
 
     @property

@@ -110,6 +110,15 @@ class KubernetesBackend(RunStacks):
                              "FILE --store URL` writes it.")
         return KubeApi(kubeconfig, self.setting("context"), self.setting("namespace"))
 
+    def identity(self) -> str:
+        """The user of the profile's kubeconfig context."""
+        from kubernetes import config
+
+        contexts, active = config.list_kube_config_contexts(self.setting("kubeconfig"))
+        wanted = self.setting("context") or (active or {}).get("name")
+        context = next((c for c in contexts if c.get("name") == wanted), active or {})
+        return str((context.get("context") or {}).get("user") or super().identity())
+
     def store_url(self) -> str:
         """The profile's store, as this machine opens it."""
         url = self.setting("store_url")

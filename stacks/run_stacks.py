@@ -10,14 +10,21 @@ in a local state folder. It imports no pulumi.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dstack.config.backends import ResourceChange, StackInfo, UpdateRecord
-from dstack.config.profiles import Profile
+from dstack.config.profiles import Profile, duration_setting
 from dstack.run.record import App, RunRecord, run_stack_name
 from dstack.stacks.file_state import PROJECT_NAME, clear_stale_locks, state_folder
+from dstack.stacks.shared_state import (
+    clear_stale_bucket_locks,
+    state_store,
+    team_passphrase,
+)
 from dstack.stacks.wheel import Wheel, find_wheel
 
 if TYPE_CHECKING:
@@ -47,10 +54,20 @@ class RunStacks:
 
     @cached_property
     def engine(self) -> Engine:
-        """The engine of the profile's state backend, imported on first use."""
+        """The engine of the profile's state backend, imported on first use; a state in a
+        bucket (a team's) comes with the team's passphrase."""
         from dstack.stacks.engine import Engine
 
-        return Engine(self.home, self.profile.state_url)
+        store = state_store(self.profile)
+        if store is None:
+            return Engine(self.home, self.profile.state_url)
+        copy = self.home / "secrets" / f"pulumi-passphrase-{self.profile.name}"
+        env = {}
+        credentials = self.setting("credentials")
+        if credentials and (self.profile.state_url or "").startswith("gs://"):
+            env["GOOGLE_APPLICATION_CREDENTIALS"] = credentials  # what Pulumi's gs:// reads
+        return Engine(self.home, self.profile.state_url,
+                      passphrase_file=team_passphrase(store, copy), extra_env=env)
 
     @property
     def workspace_stack(self) -> str:
@@ -73,13 +90,27 @@ class RunStacks:
         """The `pulumi stack history` shell command for the run stack (holds no secret)."""
         return self.engine.history_command(run_stack_name(run_name))
 
+    def identity(self) -> str:
+        """Who runs here: the local user (cloud backends: their cloud identity)."""
+        import getpass
+
+        return getpass.getuser()
+
     def app_address(self, run: RunRecord, app: App) -> str:
         """The app's own URL, with a cloud instance's public address for `0.0.0.0`."""
         return run.app_url(app)
 
-    def clear_stale_locks(self) -> list[str]:
-        """Locks of dead engines in a local state folder, removed after their checkpoints
-        are repaired (without starting the engine); their stacks. Locks in a bucket are left
-        to `pulumi cancel`."""
+    def clear_stale_locks(self, run_gone: Callable[[str], bool] = lambda _: False
+                          ) -> list[str]:
+        """Locks of dead engines, removed; their stacks. In a local state folder, their
+        checkpoints are repaired first (without starting the engine). In a bucket (a team's
+        state), a lock of another machine goes only when it is older than the profile's
+        `lock_timeout` and `run_gone(stack)`."""
         folder = state_folder(self.home, self.profile.state_url)
-        return clear_stale_locks(folder, PROJECT_NAME) if folder else []
+        if folder:
+            return clear_stale_locks(folder, PROJECT_NAME)
+        store = state_store(self.profile)
+        if store is None:
+            return []
+        return clear_stale_bucket_locks(store, duration_setting(self.profile, "lock_timeout"),
+                                        run_gone, time.time())

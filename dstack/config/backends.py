@@ -101,9 +101,10 @@ class Backend(Protocol):
         """A shell command that lists the run stack's history with Pulumi itself, from any
         folder (the env it needs included, no secret in it)."""
 
-    def clear_stale_locks(self) -> list[str]:
+    def clear_stale_locks(self, run_gone: Callable[[str], bool] = ...) -> list[str]:
         """Remove locks left by engine processes that no longer exist, after repairing the
-        checkpoints they were saving; return their stacks."""
+        checkpoints they were saving; return their stacks. Another machine's lock in a
+        shared state goes only when it is old and `run_gone(stack)`."""
 
     def runner_alive(self, run: RunRecord) -> bool | None:
         """Whether the run's runner still runs (None when this backend cannot tell)."""
@@ -111,6 +112,10 @@ class Backend(Protocol):
     def runner_gone_reason(self, run: RunRecord) -> str | None:
         """Why the run's runner is gone, when the backend knows (e.g. the cloud's word on
         its instance)."""
+
+    def identity(self) -> str:
+        """Who uses this profile, as a run's `owner` records it: the AWS caller ARN, the GCP
+        account, the Kubernetes user, the local user."""
 
     def app_address(self, run: RunRecord, app: App) -> str:
         """The URL the user opens `app` of `run` at from here; a backend that needs a tunnel

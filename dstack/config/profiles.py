@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dstack.durations import duration_s
 from dstack.errors import NotFoundError, UsageError
 from dstack.home import write_private
 from dstack.json_types import JsonDoc
@@ -89,19 +90,37 @@ def workspace_record(home: Path, profile: Profile) -> Path:
 SETTINGS: dict[str, tuple[str, ...]] = {
     "local": ("store", "max_code_size"),
     "aws": ("region", "aws_profile", "bucket", "store_url", "kms_key_id", "vpc_id", "subnet_id",
-            "ami", "public_ip", "caller_cidr", "max_duration", "wheel", "max_code_size"),
+            "ami", "public_ip", "caller_cidr", "max_duration", "wheel", "max_code_size",
+            "heartbeat_timeout", "lock_timeout"),
     "gcp": ("project", "region", "zone", "credentials", "bucket", "store_url",
             "bucket_location", "kms_key", "network", "subnetwork", "image", "secure_boot",
-            "service_account_id", "caller_cidr", "max_duration", "wheel", "max_code_size"),
+            "service_account_id", "caller_cidr", "max_duration", "wheel", "max_code_size",
+            "heartbeat_timeout", "lock_timeout"),
     "kubernetes": ("kubeconfig", "context", "namespace", "store_url", "image", "caller_cidr",
                    "schedule_timeout", "max_duration", "aws_profile", "gcp_credentials",
-                   "wheel", "max_code_size"),
+                   "wheel", "max_code_size", "heartbeat_timeout", "lock_timeout"),
 }
 """The settings each backend reads (docs/clouds.md and docs/kubernetes.md say what each does;
 `max_code_size`,
 default 100MB, is the most a run's packaged code may hold)."""
 SIZES = ("max_code_size",)
 """Settings that are sizes (`500MB`), checked when set."""
+DURATIONS: dict[str, float] = {"heartbeat_timeout": 180.0, "lock_timeout": 1800.0}
+"""Settings that are durations (`3m`), checked when set, with their defaults in seconds:
+how old a runner's last heartbeat must be before its run counts as gone (from any machine),
+and how old another machine's engine lock must be before it may be cleared."""
+
+
+def duration_setting(profile: Profile, key: str) -> float:
+    """The duration setting `key` of `profile` in seconds (its default when unset)."""
+    value = profile.settings.get(key)
+    if value in (None, ""):
+        return DURATIONS[key]
+    seconds = duration_s(value)
+    if seconds is None or seconds <= 0:
+        raise UsageError(f"profile {profile.name!r}: {key} {value!r} is not a duration",
+                         f"For example: `dstack config set {profile.name} {key} 5m`.")
+    return seconds
 FIXED = ("region", "zone", "project", "aws_profile", "credentials", "bucket", "store_url")
 """Settings `dstack config add` derives the store from: changed by adding the profile again."""
 
@@ -118,6 +137,9 @@ def set_setting(home: Path, name: str, key: str, value: str | None) -> Profile:
         raise UsageError(f"{key} is where profile {name!r} keeps its runs; it is not changed "
                          "in place", f"Add the profile again: `dstack config add "
                          f"{profile.backend} {name} ...`.")
+    if key in DURATIONS and value is not None and not (duration_s(value) or 0) > 0:
+        raise UsageError(f"{key}: {value!r} is not a duration",
+                         f"For example: `dstack config set {name} {key} 5m`.")
     if key in SIZES and value is not None:
         try:
             parse_size(value)

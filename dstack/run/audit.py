@@ -44,15 +44,27 @@ class AuditEntry(TypedDict):
     pulumi_changes: dict[str, int]
 
 
-def record_update(store: Store, run: str, kind: str, changes: list[ResourceChange]) -> None:
-    """Remember which resources an update of the run's stack changed."""
+def record_update(store: Store, run: str, kind: str, changes: list[ResourceChange]) -> str:
+    """Remember which resources an update of the run's stack changed; when (ISO 8601)."""
+    at = now()
 
     def mutate(doc: JsonDoc) -> JsonDoc:
         updates = list(doc.get("updates", []))
-        updates.append({"kind": kind, "at": now(), "changes": [asdict(c) for c in changes]})
+        updates.append({"kind": kind, "at": at, "changes": [asdict(c) for c in changes]})
         return {"version": 1, "updates": updates}
 
     store.update_json(stack_key(run), mutate)
+    return at
+
+
+def recorded_updates(store: Store, run: str) -> list[JsonDoc]:
+    """The updates of the run's stack as `record_update` kept them, oldest first (none when
+    there is no record of them)."""
+    try:
+        updates = store.get_json(stack_key(run)).get("updates", [])
+    except Exception:
+        return []
+    return list(updates) if isinstance(updates, list) else []
 
 
 def audit_trail(store: Store, run: str, history: list[UpdateRecord]) -> list[AuditEntry]:
@@ -66,10 +78,7 @@ def audit_trail(store: Store, run: str, history: list[UpdateRecord]) -> list[Aud
     (`pulumi:pulumi:Stack`) and explicit provider resources (`pulumi:providers:*`), not the
     default providers: on the local backend the first update creates 3 for 2 run resources.
     """
-    try:
-        recorded = store.get_json(stack_key(run)).get("updates", [])
-    except Exception:
-        recorded = []
+    recorded = recorded_updates(store, run)
     by_kind: dict[str, list[JsonDoc]] = {}
     for item in recorded:
         by_kind.setdefault(item["kind"], []).append(item)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from dstack.config.backends import ResourceChange
+from dstack.config.profiles import duration_setting
 from dstack.errors import (
     BackendError,
     DstackError,
@@ -26,7 +27,9 @@ from dstack.errors import (
 from dstack.interrupts import deferred_sigint
 from dstack.procs import process_alive, process_start_ticks, shell_exit_code
 from dstack.run.audit import record_update
+from dstack.run.billing import priced_fields
 from dstack.run.context import Context, Say, quiet
+from dstack.run.cost import closed_billing
 from dstack.run.listing import run_docs, settled
 from dstack.run.record import (
     RunRecord,
@@ -47,9 +50,14 @@ def submitter() -> dict[str, object]:
 def submitter_alive(run: RunRecord) -> bool:
     """Whether the CLI that submitted `run` still runs (False when it is on another host)."""
     sub = run.submitter
-    if sub.get("host") != socket.gethostname() or not sub.get("pid"):
+    if not on_this_host(run) or not sub.get("pid"):
         return False
     return process_alive(int(sub["pid"]), sub.get("start_ticks"))
+
+
+def on_this_host(run: RunRecord) -> bool:
+    """Whether `run` was submitted from this machine (its CLI's pid means something here)."""
+    return run.submitter.get("host") == socket.gethostname()
 
 
 def provision(ctx: Context, run: RunRecord, say: Say = quiet) -> RunRecord:
@@ -62,7 +70,7 @@ def provision(ctx: Context, run: RunRecord, say: Say = quiet) -> RunRecord:
     with deferred_sigint(say, "Ctrl-C: the job stops as soon as its stack is up") as interrupted:
         try:
             changes, instance = ctx.backend.provision(run, ctx.backend.bootstrap(run))
-            record_update(ctx.store, run.name, "up", changes)
+            created_at = record_update(ctx.store, run.name, "up", changes)
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, DstackError) else repr(exc)
             update_run(ctx.store, run.name, status=Status.FAILED.value,
@@ -72,7 +80,8 @@ def provision(ctx: Context, run: RunRecord, say: Say = quiet) -> RunRecord:
     if interrupted.count:
         request_stop(ctx, run.name)
     say(f"created {', '.join(c.name for c in changes if c.op == 'create') or 'nothing'}")
-    return update_run(ctx.store, run.name, instance=instance)
+    return update_run(ctx.store, run.name, instance=instance,
+                      **priced_fields(instance, created_at))
 
 
 def teardown(ctx: Context, run_name: str, say: Say = quiet, wait_s: float = 120.0) -> bool:
@@ -109,7 +118,7 @@ def teardown(ctx: Context, run_name: str, say: Say = quiet, wait_s: float = 120.
     if changes:
         say(f"destroyed stack {run_stack_name(run_name)} ({len(changes)} resource(s))")
     with contextlib.suppress(NotFoundError):
-        update_run(ctx.store, run_name, torn_down=True)
+        update_run(ctx.store, run_name, torn_down=True, **closed_billing(ctx.store, run_name))
     return True
 
 
@@ -117,7 +126,7 @@ def _cleared_stale_lock(ctx: Context, run_name: str, say: Say) -> bool:
     """Whether the run's stack had a lock of a dead engine, now cleared (and its stack
     repaired)."""
     stack = run_stack_name(run_name)
-    if stack not in ctx.backend.clear_stale_locks():
+    if stack not in ctx.backend.clear_stale_locks(lambda s: stack_run_gone(ctx, s)):
         return False
     say(f"cleared the lock a dead engine left on stack {stack}")
     return True
@@ -161,20 +170,36 @@ def stop(ctx: Context, run_name: str, abort: bool = False, say: Say = quiet,
     return final
 
 
-HEARTBEAT_STALE_S = 180.0
+def last_beat(ctx: Context, run: RunRecord) -> float:
+    """When the run's runner last beat (epoch seconds): its heartbeat in the store, else when
+    the run started or was submitted."""
+    try:
+        return float(ctx.store.get_json(heartbeat_key(run.name)).get("at", 0))
+    except (NotFoundError, StoreError, ValueError):
+        return datetime.fromisoformat(run.started_at or run.submitted_at).timestamp()
 
 
 def runner_alive(ctx: Context, run: RunRecord) -> bool | None:
     """Whether the run's runner still runs: the backend's answer, else its heartbeat in the
-    store (a cloud instance that died without a final status stops beating)."""
+    store, fresher than the profile's `heartbeat_timeout` (a cloud instance that died without
+    a final status stops beating)."""
     alive = ctx.backend.runner_alive(run)
     if alive is not None or run.status not in (Status.RUNNING, Status.UPLOADING):
         return alive
+    return time.time() - last_beat(ctx, run) < duration_setting(ctx.profile, "heartbeat_timeout")
+
+
+def stack_run_gone(ctx: Context, stack: str) -> bool:
+    """Whether the run behind `stack` is gone, so that another machine's lock on it may be
+    cleared once it is old: the run finished, or its runner stopped beating. A stack of no
+    run (a workspace) is never gone."""
+    if not stack.startswith("run-"):
+        return False
     try:
-        beat = float(ctx.store.get_json(heartbeat_key(run.name)).get("at", 0))
-    except (NotFoundError, StoreError, ValueError):
-        beat = datetime.fromisoformat(run.started_at or run.submitted_at).timestamp()
-    return time.time() - beat < HEARTBEAT_STALE_S
+        run = load_run(ctx.store, stack[len("run-"):])
+    except (NotFoundError, UsageError):
+        return True
+    return run.status.finished or runner_alive(ctx, run) is False
 
 
 def needs_teardown(ctx: Context, run: RunRecord) -> bool:
@@ -186,6 +211,9 @@ def needs_teardown(ctx: Context, run: RunRecord) -> bool:
     if run.status.finished:
         return True
     if run.status in (Status.SUBMITTED, Status.PROVISIONING) and not run.instance:
+        if not on_this_host(run):  # another machine's CLI may be bringing it up right now
+            age = time.time() - datetime.fromisoformat(run.submitted_at).timestamp()
+            return age > duration_setting(ctx.profile, "lock_timeout")
         return not submitter_alive(run)  # its stack is not up (yet): was its CLI cut short?
     return runner_alive(ctx, run) is False
 
@@ -271,6 +299,8 @@ class GcReport:
     """Code archives no run refers to, removed."""
     failed: list[str] = field(default_factory=list)
     """Runs whose stack could not be destroyed."""
+    elsewhere: list[str] = field(default_factory=list)
+    """Live runs another machine started (their runner still beats), left alone."""
     unlisted: bool = False
     """Whether the state backend's stacks could not be listed (no orphan was looked for)."""
 
@@ -291,12 +321,21 @@ def gc(ctx: Context, say: Say = quiet) -> GcReport:
     and remove the code archives no run refers to any more."""
     from dstack.code.uploads import remove_unused_code  # only gc needs it: imported then
 
-    report = GcReport(locks=ctx.backend.clear_stale_locks())
+    report = GcReport(locks=ctx.backend.clear_stale_locks(lambda s: stack_run_gone(ctx, s)))
     for stack in report.locks:
         say(f"cleared a stale lock on stack {stack}")
     failed = report.failed
     report.torn_down = reconcile(ctx, say, failed)
     runs = {r["name"]: RunRecord.model_validate(r) for r in run_docs(ctx.store)}
+    for live in runs.values():
+        if not live.torn_down and not on_this_host(live) and not needs_teardown(ctx, live):
+            report.elsewhere.append(live.name)
+            beat = int(time.time() - last_beat(ctx, live))
+            state = (f"its runner beat {beat}s ago" if live.status in
+                     (Status.RUNNING, Status.UPLOADING) else f"it is {live.status.value}")
+            say(f"run {live.name} of {live.owner or 'an unknown owner'} (started on "
+                f"{live.submitter.get('host', 'another machine')}) is alive: {state}; "
+                "left alone")
     try:
         stacks = ctx.backend.stacks()
     except BackendError as exc:

@@ -18,16 +18,18 @@ from dstack.durations import elapsed_s
 from dstack.errors import NotFoundError, StoreError
 from dstack.home import write_private
 from dstack.json_types import JsonDoc
+from dstack.run.billing import run_cost
 from dstack.run.record import TERMINAL, public_url
 from dstack.store.base import Store
 from dstack.store.keys import RUNS, TAGS, run_key, tag_of
 
 _FINAL = {s.value for s in TERMINAL}
 LISTED = ("name", "workflow", "project", "provider", "status", "submitted_at", "started_at",
-          "finished_at", "backend", "exit_code", "message", "torn_down")
+          "finished_at", "backend", "exit_code", "message", "torn_down", "owner", "billing")
 """The fields of a settled run that listings read (and `job.artifacts`, as paths)."""
-CACHE_VERSION = 3
-"""Of the cache file; a cache of another version (2 kept no `project`) is rebuilt."""
+CACHE_VERSION = 4
+"""Of the cache file; a cache of another version (2 kept no `project`, 3 no `owner` and
+`billing`) is rebuilt."""
 
 
 class _TagEntry(TypedDict):
@@ -47,11 +49,13 @@ class _Cache(TypedDict, total=False):
 
 
 class RunSummary(TypedDict):
-    """A run as `dstack ps` shows it (`run_summary`); fields a document lacks are None."""
+    """A run as `dstack ps` shows it (`run_summary`); fields a document lacks are None.
+    `cost` is USD estimated from the instance's list price (`dstack.run.billing`)."""
 
     run: str | None
     workflow: str
     project: str | None
+    owner: str | None
     provider: str | None
     status: str | None
     submitted: str | None
@@ -62,6 +66,7 @@ class RunSummary(TypedDict):
     apps: list[str]
     exit_code: int | None
     message: str | None
+    cost: float | None
 
 
 _loaded: dict[Path, _Cache] = {}
@@ -183,10 +188,11 @@ def run_summary(doc: JsonDoc, tags: list[str], now: float) -> RunSummary:
     job = doc.get("job") or {}
     return {
         "run": doc.get("name"), "workflow": doc.get("workflow") or "",
-        "project": doc.get("project"),
+        "project": doc.get("project"), "owner": doc.get("owner"),
         "provider": doc.get("provider"), "status": doc.get("status"),
         "submitted": doc.get("submitted_at"), "duration": duration,
         "backend": doc.get("backend"), "tags": tags,
         "artifacts": [a["path"] for a in job.get("artifacts") or []], "apps": apps,
         "exit_code": doc.get("exit_code"), "message": doc.get("message"),
+        "cost": run_cost(doc, now),
     }

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dstack.errors import NotFoundError, StoreError, UsageError
 from dstack.json_types import JsonDoc
 from dstack.names import did_you_mean, run_name_candidates
+from dstack.run.billing import Billing
 from dstack.run.job import Job
 from dstack.store.base import Store
 from dstack.store.keys import RUNS, run_key
@@ -85,11 +86,19 @@ class RunRecord(BaseModel):
     stack: str
     torn_down: bool = False
     instance: JsonDoc = Field(default_factory=dict)
-    price_per_hour: float | None = None
+    price_per_hour: float | None = Field(None, description="USD per hour of the run's instance, "
+                                         "from the instance catalogue (`billing` says more); "
+                                         "None on the local and Kubernetes backends.")
+    billing: Billing | None = Field(None, description="The instance type, its list price and "
+                                    "when it was billed; None without a price or in older "
+                                    "records.")
     apps: list[App] = Field(default_factory=list)
     submitter: JsonDoc = Field(default_factory=dict,
                                description="Host and pid of the CLI that submitted it.")
     detached: bool = False
+    owner: str | None = Field(None, description="Who started it: the AWS caller ARN, the GCP "
+                              "account, the Kubernetes user or the local user; None in older "
+                              "records.")
 
     def app_url(self, app: App) -> str:
         """The app's URL as the user opens it (`public_url`)."""
@@ -158,7 +167,8 @@ def update_run(store: Store, name: str, **changes: object) -> RunRecord:
     """Apply `changes` to the run's document unless it already finished.
 
     A change of `status` to a terminal one stamps `finished_at`. Once a run is finished only
-    bookkeeping fields (`torn_down`, `instance`, `apps`, `message`) may still change.
+    bookkeeping fields (`torn_down`, `instance`, `price_per_hour`, `billing`, `apps`,
+    `message`) may still change.
     """
 
     def mutate(doc: JsonDoc) -> JsonDoc | None:
@@ -168,7 +178,8 @@ def update_run(store: Store, name: str, **changes: object) -> RunRecord:
         allowed = changes
         if current.status.finished:
             allowed = {k: v for k, v in changes.items()
-                       if k in ("torn_down", "instance", "apps", "message")}
+                       if k in ("torn_down", "instance", "price_per_hour", "billing", "apps",
+                                "message")}
             if "message" in allowed and current.message:
                 allowed.pop("message")
             if not allowed:

@@ -300,13 +300,15 @@ def record_run(ctx: Context, plan: RunPlan, *, detached: bool = False,
         upload_code(ctx.store, archive)
     say(f"packaged {archive.files} file(s) of {plan.project_dir}")
 
+    owner = ctx.backend.identity()
+
     def make(name: str) -> RunRecord:
         return RunRecord(
             name=name, workflow=plan.workflow_name, project=plan.project,
             provider=plan.workflow.provider,
             profile=ctx.profile.name, backend=ctx.profile.backend, job=plan.job,
             deps=plan.deps, code=archive.sha256, tag=plan.tag, stack=run_stack_name(name),
-            submitter=submitter(), detached=detached,
+            submitter=submitter(), detached=detached, owner=owner,
         )
 
     run = create_run(ctx.store, make)

@@ -18,13 +18,12 @@ from typing import Any
 import pytest
 
 from dstack.config.backends import ResourceChange, StackInfo
-from dstack.config.profiles import Profile
+from dstack.config.profiles import DURATIONS, Profile
 from dstack.errors import BackendError, NotFoundError, StackBusyError
 from dstack.run import lifecycle
 from dstack.run.context import Context
 from dstack.run.job import Job
 from dstack.run.lifecycle import (
-    HEARTBEAT_STALE_S,
     end_unfinished,
     gc,
     needs_teardown,
@@ -37,6 +36,7 @@ from dstack.store.keys import code_key, heartbeat_key, run_key
 from dstack.store.local import LocalStore
 
 LONG_AGO = "2020-01-01T00:00:00.000+00:00"
+HEARTBEAT_STALE_S = DURATIONS["heartbeat_timeout"]
 
 
 @dataclass
@@ -52,6 +52,9 @@ class FakeBackend:
     busy: set[str] = field(default_factory=set)
     locks: list[str] = field(default_factory=list)
     torn: list[str] = field(default_factory=list)
+    lock_stacks: list[str] = field(default_factory=list)
+    """Stacks whose locks gc asks `run_gone` about (what it answered: `asked_about`)."""
+    asked_about: dict[str, bool] = field(default_factory=dict)
 
     def runner_alive(self, run: RunRecord) -> bool | None:
         return self.alive
@@ -72,7 +75,8 @@ class FakeBackend:
             raise BackendError("the state backend cannot be read")
         return self.listed
 
-    def clear_stale_locks(self) -> list[str]:
+    def clear_stale_locks(self, run_gone: Any = None) -> list[str]:
+        self.asked_about = {s: run_gone(s) for s in self.lock_stacks} if run_gone else {}
         return self.locks
 
 
@@ -315,3 +319,53 @@ def test_left_behind_is_the_orphan_rule(ctx: Context) -> None:
     assert lifecycle.left_behind(ctx, None)
     assert lifecycle.left_behind(ctx, put(ctx, "kept-1", Status.DONE, torn_down=True))
     assert not lifecycle.left_behind(ctx, put(ctx, "live-1", live_submitter=True))
+
+
+# -- runs of another machine (a team's shared state) -------------------------------------------
+
+
+ELSEWHERE = {"host": "teammates-laptop", "pid": 1, "start_ticks": 1}
+"""The submitter of a run started on another machine: its pid means nothing here."""
+
+
+def test_another_machines_live_run_is_left_alone_until_its_heartbeat_is_stale(
+        ctx: Context, backend: FakeBackend) -> None:
+    run = put(ctx, "theirs-1", submitter=ELSEWHERE, owner="arn:aws:iam::1:user/alice")
+    beat(ctx, "theirs-1", 5)
+    report = gc(ctx)
+    assert backend.torn == [] and report.elsewhere == ["theirs-1"]
+    beat(ctx, "theirs-1", HEARTBEAT_STALE_S + 5)
+    assert needs_teardown(ctx, run)
+    assert gc(ctx).torn_down == ["theirs-1"] and backend.torn == ["theirs-1"]
+
+
+def test_the_profiles_heartbeat_timeout_is_the_limit(ctx: Context) -> None:
+    run = put(ctx, "theirs-1", submitter=ELSEWHERE)
+    beat(ctx, "theirs-1", 30)
+    assert not needs_teardown(ctx, run)
+    ctx.profile = ctx.profile.model_copy(update={"settings": {"heartbeat_timeout": "20s"}})
+    assert needs_teardown(ctx, run)
+
+
+def test_another_machines_run_being_provisioned_is_not_torn_down_while_young(
+        ctx: Context) -> None:
+    young = put(ctx, "prov-1", Status.PROVISIONING, instance=False, submitter=ELSEWHERE,
+                submitted_at=now())
+    assert not needs_teardown(ctx, young)  # its CLI there may be bringing it up right now
+    old = put(ctx, "prov-2", Status.PROVISIONING, instance=False, submitter=ELSEWHERE)
+    assert needs_teardown(ctx, old)  # submitted longer ago than lock_timeout
+
+
+def test_gc_asks_whether_a_locked_stacks_run_is_gone(ctx: Context,
+                                                      backend: FakeBackend) -> None:
+    put(ctx, "live-1", submitter=ELSEWHERE)
+    beat(ctx, "live-1", 1)
+    put(ctx, "dead-1", submitter=ELSEWHERE)
+    beat(ctx, "dead-1", HEARTBEAT_STALE_S * 2)
+    put(ctx, "done-1", Status.DONE, submitter=ELSEWHERE)
+    backend.lock_stacks = ["run-live-1", "run-dead-1", "run-done-1", "run-nobody-1",
+                           "workspace-test"]
+    gc(ctx)
+    assert backend.asked_about == {"run-live-1": False, "run-dead-1": True,
+                                   "run-done-1": True, "run-nobody-1": True,
+                                   "workspace-test": False}

@@ -1,0 +1,96 @@
+"""When another machine's engine lock in a team's state may be cleared, the state bucket's
+name, and the team's passphrase (one for the whole team, fetched once per machine)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from dstack.config.profiles import Profile
+from dstack.stacks.shared_state import (
+    PASSPHRASE_KEY,
+    clear_stale_bucket_locks,
+    lock_is_stale,
+    state_bucket_name,
+    state_store,
+    team_passphrase,
+)
+from dstack.store.local import LocalStore
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+
+
+def lock(host: str, pid: int, age_s: float) -> dict[str, object]:
+    """A lock as Pulumi's bucket backend writes it."""
+    at = (NOW - timedelta(seconds=age_s)).isoformat().replace("+00:00", "Z")
+    return {"pid": pid, "username": "u", "hostname": host, "timestamp": at}
+
+
+def dead_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    return int(child.stdout)
+
+
+def test_another_hosts_lock_is_stale_only_when_old_and_its_run_gone() -> None:
+    now = NOW.timestamp()
+    assert lock_is_stale(lock("elsewhere", 1, 3600), 1800, True, now)
+    assert not lock_is_stale(lock("elsewhere", 1, 3600), 1800, False, now)  # run alive
+    assert not lock_is_stale(lock("elsewhere", 1, 60), 1800, True, now)  # lock young
+
+
+def test_this_hosts_lock_is_stale_when_its_engine_is_dead() -> None:
+    here, now = socket.gethostname(), NOW.timestamp()
+    assert lock_is_stale(lock(here, dead_pid(), 0), 1800, False, now)
+    import os
+    assert not lock_is_stale(lock(here, os.getpid(), 9999), 1800, True, now)
+
+
+def test_a_lock_that_does_not_parse_is_never_cleared() -> None:
+    assert not lock_is_stale({"pid": "x", "hostname": "h"}, 0, True, NOW.timestamp())
+
+
+def test_only_stale_locks_are_removed(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "state")
+    base = ".pulumi/locks/organization/dstack"
+    store.put_bytes(f"{base}/run-a-1/x.json", json.dumps(lock("elsewhere", 1, 7200)).encode())
+    store.put_bytes(f"{base}/run-b-1/y.json", json.dumps(lock("elsewhere", 1, 7200)).encode())
+    store.put_bytes(f"{base}/workspace-ci/z.json",
+                    json.dumps(lock("elsewhere", 1, 7200)).encode())
+    cleared = clear_stale_bucket_locks(store, 1800, lambda s: s == "run-a-1", NOW.timestamp())
+    assert cleared == ["run-a-1"]
+    assert store.list(".pulumi/locks/") == [f"{base}/run-b-1/y.json",
+                                           f"{base}/workspace-ci/z.json"]
+
+
+def test_the_state_bucket_is_named_after_the_workspace_bucket() -> None:
+    assert state_bucket_name("dstack-123-us-east-1-ci") == "dstack-123-us-east-1-ci-state"
+    long = state_bucket_name("b" * 63)
+    assert len(long) <= 63 and long.endswith("-state")
+
+
+def test_state_store_reads_the_profiles_bucket_url() -> None:
+    s3 = Profile(name="ci", backend="aws",
+                 state_url="s3://team-state/state?region=eu-west-1&awssdk=v2")
+    store = state_store(s3)
+    assert store is not None and store.url.startswith("s3://team-state/state")
+    assert state_store(Profile(name="ci", backend="aws")) is None
+    assert state_store(Profile(name="ci", backend="aws", state_url="file:///tmp/x")) is None
+
+
+def test_one_passphrase_for_the_whole_team(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "state")
+    copies = [tmp_path / f"home{i}" / "pp" for i in range(4)]
+    threads = [threading.Thread(target=team_passphrase, args=(store, c)) for c in copies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    texts = {c.read_text() for c in copies}
+    assert len(texts) == 1 and texts == {store.get_json(PASSPHRASE_KEY)["passphrase"] + "\n"}
+    assert all(c.stat().st_mode & 0o777 == 0o600 for c in copies)
