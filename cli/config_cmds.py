@@ -21,6 +21,10 @@ Bucket = Annotated[str | None, typer.Option("--bucket", help="Bucket for artifac
                                                               "metadata (created on first use).")]
 StateUrl = Annotated[str | None, typer.Option("--state-url", help="Pulumi state backend "
                                                                   "(s3://..., gs://...).")]
+Shared = Annotated[bool, typer.Option("--shared", help="Keep the Pulumi state in the team's "
+                                      "state bucket (<bucket>-state, created if missing): "
+                                      "teammates who add the profile the same way share its "
+                                      "runs, tags, artifacts and audit.")]
 Default = Annotated[bool, typer.Option("--default", help="Make it the default profile.")]
 SkipCheck = Annotated[bool, typer.Option("--skip-check", help="Do not check the credentials.")]
 
@@ -32,6 +36,8 @@ def _saved(profile: object, identity: dict[str, str], default: bool) -> None:
     add_profile(private_dir(dstack_home()), profile, make_default=default)
     who = ", ".join(f"{k} {v}" for k, v in identity.items())
     output.say(f"added profile {profile.name} ({profile.backend})" + (f": {who}" if who else ""))
+    if profile.state_url:
+        output.say(f"its Pulumi state: {profile.state_url}")
 
 
 @add_app.command("aws")
@@ -40,14 +46,14 @@ def add_aws(
     region: Annotated[str, typer.Option("--region", help="AWS region, e.g. us-east-1.")],
     aws_profile: Annotated[str | None, typer.Option("--aws-profile",
                                                     help="Profile in your AWS config.")] = None,
-    bucket: Bucket = None, state_url: StateUrl = None, default: Default = False,
-    skip_check: SkipCheck = False,
+    bucket: Bucket = None, state_url: StateUrl = None, shared: Shared = False,
+    default: Default = False, skip_check: SkipCheck = False,
 ) -> None:
     """An AWS profile; its credentials are checked with STS now."""
     from dstack.config.cloud_profiles import aws_profile as build
 
     profile, identity = build(name, aws_profile=aws_profile, region=region, bucket=bucket,
-                              state_url=state_url, check=not skip_check)
+                              state_url=state_url, shared=shared, check=not skip_check)
     _saved(profile, identity, default)
 
 
@@ -59,14 +65,15 @@ def add_gcp(
     credentials: Annotated[str | None, typer.Option(
         "--credentials", help="Service account key file (default: application credentials)."
     )] = None,
-    bucket: Bucket = None, state_url: StateUrl = None, default: Default = False,
-    skip_check: SkipCheck = False,
+    bucket: Bucket = None, state_url: StateUrl = None, shared: Shared = False,
+    default: Default = False, skip_check: SkipCheck = False,
 ) -> None:
     """A GCP profile; the project is checked to be reachable now."""
     from dstack.config.cloud_profiles import gcp_profile as build
 
     profile, identity = build(name, project=project, zone=zone, credentials=credentials,
-                              bucket=bucket, state_url=state_url, check=not skip_check)
+                              bucket=bucket, state_url=state_url, shared=shared,
+                              check=not skip_check)
     _saved(profile, identity, default)
 
 

@@ -312,6 +312,8 @@ def audit(
         output.say(f"the record of run {run_name} was removed (`dstack rm`): only its "
                    "stack's history is shown, with Pulumi's counts (they include the "
                    "stack's own resource)")
+    if found.owner:
+        output.say(f"run {run_name} was started by {found.owner}")
     if json_out:
         output.print_json(found.updates)
     else:

@@ -10,6 +10,7 @@ in a local state folder. It imports no pulumi.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -29,6 +30,16 @@ from dstack.stacks.wheel import Wheel, find_wheel
 
 if TYPE_CHECKING:
     from dstack.stacks.engine import Engine
+
+
+def _gs_state_env(credentials: str | None) -> dict[str, str]:
+    """What the engine's gs:// state backend (Go CDK) reads: the profile's key file, and a
+    GCS emulator as `host:port` (the Python client's `http://host:port` it would misread)."""
+    env = {"GOOGLE_APPLICATION_CREDENTIALS": credentials} if credentials else {}
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    if "://" in emulator:
+        env["STORAGE_EMULATOR_HOST"] = emulator.split("://", 1)[1]
+    return env
 
 
 class RunStacks:
@@ -63,9 +74,8 @@ class RunStacks:
             return Engine(self.home, self.profile.state_url)
         copy = self.home / "secrets" / f"pulumi-passphrase-{self.profile.name}"
         env = {}
-        credentials = self.setting("credentials")
-        if credentials and (self.profile.state_url or "").startswith("gs://"):
-            env["GOOGLE_APPLICATION_CREDENTIALS"] = credentials  # what Pulumi's gs:// reads
+        if (self.profile.state_url or "").startswith("gs://"):
+            env.update(_gs_state_env(self.setting("credentials")))
         return Engine(self.home, self.profile.state_url,
                       passphrase_file=team_passphrase(store, copy), extra_env=env)
 

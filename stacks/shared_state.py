@@ -91,7 +91,9 @@ def _create_s3_bucket(bucket: str, settings: Mapping[str, str]) -> None:
 
 def _create_gcs_bucket(bucket: str, settings: Mapping[str, str]) -> None:
     """A private (uniform access, public access prevented), versioned GCS bucket, unless the
-    team made it already."""
+    team made it already. (The GCS emulator keeps no versions: there it is not versioned.)"""
+    import os
+
     from google.api_core import exceptions as api_exc
     from google.cloud import storage
 
@@ -99,7 +101,7 @@ def _create_gcs_bucket(bucket: str, settings: Mapping[str, str]) -> None:
     found = client.bucket(bucket)
     found.iam_configuration.uniform_bucket_level_access_enabled = True
     found.iam_configuration.public_access_prevention = "enforced"
-    found.versioning_enabled = True
+    found.versioning_enabled = not os.environ.get("STORAGE_EMULATOR_HOST")
     try:
         client.create_bucket(found, location=settings.get("region"))
     except api_exc.Conflict:

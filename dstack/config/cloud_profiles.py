@@ -37,6 +37,26 @@ def _bucket_name(parts: list[str]) -> str:
     return slug("-".join(parts), 63, squeeze=False)
 
 
+SHARED_STATE = "dstack.stacks.shared_state:shared_state_url"
+"""`module:function` creating a team's state bucket and returning its URL."""
+
+
+def _state(backend: str, settings: dict[str, str], state_url: str | None, shared: bool,
+           check: bool) -> str | None:
+    """The profile's state URL: `--state-url`, else with `--shared` the team's state bucket
+    (created now when missing), else None (the home's own state)."""
+    if not shared:
+        return state_url
+    if state_url:
+        raise UsageError("--shared and --state-url both say where the state goes",
+                         "Pass one of them: --shared uses <bucket>-state.")
+    if not check:
+        raise UsageError("--shared creates the team's state bucket, which needs the "
+                         "credentials check", "Drop --skip-check.")
+    make = cast("Callable[[str, Mapping[str, str]], str]", load_target(SHARED_STATE))
+    return make(backend, settings)
+
+
 def _check_common(bucket: str | None, state_url: str | None) -> None:
     if bucket is not None and not _BUCKET.match(bucket):
         raise UsageError(f"--bucket {bucket!r} is not a valid bucket name",
@@ -47,7 +67,8 @@ def _check_common(bucket: str | None, state_url: str | None) -> None:
 
 
 def aws_profile(name: str, *, aws_profile: str | None, region: str, bucket: str | None,
-                state_url: str | None, check: bool = True) -> tuple[Profile, dict[str, str]]:
+                state_url: str | None, shared: bool = False,
+                check: bool = True) -> tuple[Profile, dict[str, str]]:
     """An `aws` profile; the identity it resolved to (empty when not checked)."""
     _check_common(bucket, state_url)
     if not re.match(r"^[a-z]{2}(-gov)?-[a-z]+-\d$", region):
@@ -63,11 +84,12 @@ def aws_profile(name: str, *, aws_profile: str | None, region: str, bucket: str 
         bucket = _bucket_name(["dstack", identity["account"], region, name])
     query = {"region": region, **({"profile": aws_profile} if aws_profile else {})}
     settings.update(bucket=bucket, store_url=f"s3://{bucket}?{urlencode(query)}")
+    state_url = _state("aws", settings, state_url, shared, check)
     return Profile(name=name, backend="aws", state_url=state_url, settings=settings), identity
 
 
 def gcp_profile(name: str, *, project: str, zone: str, credentials: str | None,
-                bucket: str | None, state_url: str | None,
+                bucket: str | None, state_url: str | None, shared: bool = False,
                 check: bool = True) -> tuple[Profile, dict[str, str]]:
     """A `gcp` profile; the identity it resolved to (empty when not checked)."""
     _check_common(bucket, state_url)
@@ -81,6 +103,7 @@ def gcp_profile(name: str, *, project: str, zone: str, credentials: str | None,
     identity = _checker("gcp")(settings) if check else {}
     bucket = bucket or _bucket_name(["dstack", project, name])
     settings.update(bucket=bucket, store_url=f"gs://{bucket}?{urlencode({'project': project})}")
+    state_url = _state("gcp", settings, state_url, shared, check)
     return Profile(name=name, backend="gcp", state_url=state_url, settings=settings), identity
 
 

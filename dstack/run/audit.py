@@ -104,13 +104,16 @@ class Audit:
     updates: list[AuditEntry]
     removed: bool
     command: str
+    owner: str | None = None
+    """Who started the run (None when its record was removed or does not say)."""
 
 
 def audit_run(store: Store, backend: Backend, run: str) -> Audit:
     """The audit of `run`, also when `dstack rm` removed its record but its stack remains;
     NotFoundError (with the closest name of a run or a removed run's stack) when neither is."""
+    owner = None
     try:
-        load_run(store, run)
+        owner = load_run(store, run).owner
         removed = False
     except NotFoundError:
         removed = True
@@ -121,7 +124,7 @@ def audit_run(store: Store, backend: Backend, run: str) -> Audit:
             raise _no_run(store, backend, run) from None
         raise
     return Audit(run=run, updates=audit_trail(store, run, history), removed=removed,
-                 command=backend.history_command(run))
+                 command=backend.history_command(run), owner=owner)
 
 
 def _no_run(store: Store, backend: Backend, run: str) -> NotFoundError:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -19,6 +20,15 @@ Say = Callable[[str], None]
 
 def quiet(_msg: str) -> None:
     pass
+
+
+def use_key_file(profile: Profile) -> None:
+    """A gcp profile's service-account key (`--credentials`) becomes this process's
+    application-default credentials, which its GCS store client (and the engine) read: the
+    key the profile names, not whatever else the machine is logged in as."""
+    key = profile.settings.get("credentials") if profile.backend == "gcp" else None
+    if key:
+        os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(key)
 
 
 @dataclass
@@ -52,6 +62,7 @@ class Context:
         then the store is an empty view that refuses writes (`PendingStore`), so reading
         commands and `--dry-run` create nothing.
         """
+        use_key_file(self.profile)
         store = open_store(store_url(self.profile, self.home))
         if self.profile.backend == "local" or \
                 workspace_record(self.home, self.profile).exists() or store.available():

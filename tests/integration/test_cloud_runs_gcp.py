@@ -8,7 +8,7 @@ its exact startup script as a local process tree that fetches the dstack wheel f
 bucket (with the machine's gcloud, as on Google's images) and runs the job against it.
 
 Not here: a VM killed from outside. The GCP backend does not ask Compute Engine about its
-VMs; such a run is found dead by its heartbeat, after `HEARTBEAT_STALE_S` (3 minutes).
+VMs; such a run is found dead by its heartbeat, after the profile's `heartbeat_timeout` (3m).
 """
 
 from __future__ import annotations

@@ -890,6 +890,9 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["expire"]:
         expire(argv[1], argv[2], argv[3], float(argv[4]))
         return
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    if emulator and "://" not in emulator:  # an engine of a gs:// state passes host:port
+        os.environ["STORAGE_EMULATOR_HOST"] = f"http://{emulator}"
     from tests.standins.plugin import serve
 
     serve(servicer())

@@ -11,6 +11,8 @@ import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from dstack.config.profiles import Profile
 from dstack.stacks.shared_state import (
     PASSPHRASE_KEY,
@@ -94,3 +96,34 @@ def test_one_passphrase_for_the_whole_team(tmp_path: Path) -> None:
     texts = {c.read_text() for c in copies}
     assert len(texts) == 1 and texts == {store.get_json(PASSPHRASE_KEY)["passphrase"] + "\n"}
     assert all(c.stat().st_mode & 0o777 == 0o600 for c in copies)
+
+
+def test_a_gcp_profiles_key_file_is_what_its_store_signs_in_with(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without it, a user with `--credentials KEY` and no application-default login could not
+    reach the bucket (or a teammate's store would act as whoever else is logged in)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from dstack.run.context import Context
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+    key = tmp_path / "alice.json"
+    key.write_text(json.dumps({
+        "type": "service_account", "project_id": "team-proj", "private_key_id": "1",
+        "private_key": pem, "client_email": "alice@team-proj.iam.gserviceaccount.com",
+        "client_id": "1", "token_uri": "http://127.0.0.1:9/token"}))
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "someone-else.json"))
+    profile = Profile(name="ci", backend="gcp", settings={
+        "project": "team-proj", "credentials": str(key),
+        "store_url": "gs://dstack-team-proj-ci?project=team-proj"})
+    ctx = Context(profile=profile, home=tmp_path / "home")
+    workspace = tmp_path / "home" / "pulumi" / "workspace-ci.json"
+    workspace.parent.mkdir(parents=True)
+    workspace.write_text("{}")  # the workspace is up: the store is the bucket's, not pending
+    store = ctx.store
+    assert store.client._credentials.service_account_email == \
+        "alice@team-proj.iam.gserviceaccount.com"  # type: ignore[attr-defined]
