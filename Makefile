@@ -2,24 +2,34 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup engine test test-real-nodes demo lint bench clean
+.PHONY: setup core engine test test-real-nodes demo lint bench clean
 
-setup: $(STAMP) engine
+# Everything the tests need: dstack, the test extras (app servers, moto, linters), the engine
+# and the GCS emulator.
+setup: $(STAMP) core
 	bash scripts/gcs-emulator.sh install
+
+# What running dstack needs, and no more (`make demo`): dstack and the engine.
+core: $(BASE) engine
 	@# Byte-code for the editable sources, so that start-up does not compile them even where
 	@# PYTHONDONTWRITEBYTECODE is set (every dstack command and engine plugin imports them).
 	$(BIN)/python -m compileall -q dstack stacks providers cli
 
-$(STAMP): pyproject.toml
+$(BASE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(BASE)
+
+$(STAMP): $(BASE)
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 # The Pulumi engine at the SDK's version, under the dstack home (idempotent).
-engine: $(STAMP)
+engine: $(BASE)
 	$(BIN)/python -m dstack.stacks.engine_install
 
 test: setup
@@ -35,7 +45,7 @@ test-real-nodes: setup
 	bash scripts/system-deps.sh real-nodes
 	$(BIN)/pytest --real-nodes tests/integration/test_kubernetes_real.py
 
-demo: setup
+demo: core
 	bash scripts/demo.sh
 
 lint: $(STAMP)
