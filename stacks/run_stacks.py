@@ -23,6 +23,7 @@ from dstack.run.record import App, RunRecord, run_stack_name
 from dstack.stacks.file_state import PROJECT_NAME, clear_stale_locks, state_folder
 from dstack.stacks.shared_state import (
     clear_stale_bucket_locks,
+    passphrase_copy,
     state_store,
     team_passphrase,
 )
@@ -72,7 +73,7 @@ class RunStacks:
         store = state_store(self.profile)
         if store is None:
             return Engine(self.home, self.profile.state_url)
-        copy = self.home / "secrets" / f"pulumi-passphrase-{self.profile.name}"
+        copy = passphrase_copy(self.home, store.url)
         env = {}
         if (self.profile.state_url or "").startswith("gs://"):
             env.update(_gs_state_env(self.setting("credentials")))

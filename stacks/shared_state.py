@@ -21,6 +21,7 @@ nothing here, so a lock of another host is stale only when it is older than the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import socket
@@ -125,6 +126,12 @@ def state_store(profile: Profile) -> Store | None:
         return None
     base = f"{parsed.scheme}://{parsed.netloc}{parsed.path}"
     return open_store(f"{base}?{urlencode(query)}" if query else base)
+
+
+def passphrase_copy(home: Path, state: str) -> Path:
+    """Where a home keeps its copy of the passphrase of the team state at `state` (named
+    after the state, so a profile added again with another state gets that one's)."""
+    return home / "secrets" / f"pulumi-passphrase-{hashlib.sha256(state.encode()).hexdigest()[:16]}"
 
 
 def team_passphrase(store: Store, copy: Path) -> Path:

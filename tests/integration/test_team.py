@@ -167,8 +167,10 @@ def test_two_teammates_share_runs_tags_artifacts_and_repair(
             f"state/.pulumi/stacks/dstack/run-{train_run}.json",
             "state/.pulumi/stacks/dstack/workspace-ci.json",
             "state/dstack/pulumi-passphrase.json"} <= set(state), state
-    assert (tmp_path / "alice" / "home" / "secrets" / "pulumi-passphrase-ci").read_text() == \
-        (tmp_path / "bob" / "home" / "secrets" / "pulumi-passphrase-ci").read_text()
+    copies = [list((tmp_path / who / "home" / "secrets").glob("pulumi-passphrase-*"))
+              for who in ("alice", "bob")]
+    assert [len(c) for c in copies] == [1, 1], copies
+    assert copies[0][0].read_text() == copies[1][0].read_text()
 
     # Bob sees Alice's run, with her as its owner; `--mine` shows his own only.
     rows = {r["run"]: r for r in bob.ps()}
