@@ -132,8 +132,7 @@ class AwsBackend(CloudBackend[AwsWorkspace, AwsRun]):
         """User-data: install the exact wheel from the bucket with the instance role, run the
         runner against the bucket, power off (terminate) when it exits. No secret in it."""
         wheel = self.wheel()
-        fetch = [
-            shlex.join([f"{VENV}/bin/pip", "install", "-q", "boto3"]),
+        fetch = [  # boto3 is one of the runner's requirements, installed first
             shlex.join([f"{VENV}/bin/python", "-c", DOWNLOAD_PY, self.location(), self.bucket(),
                         wheel.store_key, wheel_path(wheel)]),
         ]

@@ -1,9 +1,10 @@
 """The boot script of a cloud instance (user-data / startup-script) around the runner.
 
 It holds no secret: it schedules a watchdog power-off after the workflow's maximum duration,
-installs the exact dstack wheel the CLI uploaded to the workspace bucket (fetched with the
-instance's own role, checked against its SHA-256), starts the runner against the bucket's
-store, and powers the machine off when the runner exits, whatever its status.
+installs the runner's requirements (`dstack.runner.requirements`) and the exact dstack wheel
+the CLI uploaded to the workspace bucket (fetched with the instance's own role, checked
+against its SHA-256, installed without its dependencies), starts the runner against the
+bucket's store, and powers the machine off when the runner exits, whatever its status.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shlex
 
 from dstack.run.record import RunRecord
 from dstack.runner.bootstrap import render_bootstrap
+from dstack.runner.requirements import runner_requirements
 from dstack.stacks.instance_spec import app_ports
 from dstack.stacks.wheel import Wheel
 
@@ -26,23 +28,25 @@ def wheel_path(wheel: Wheel) -> str:
     return f"{REMOTE_ROOT}/{wheel.name}"
 
 
-def install_wheel(wheel: Wheel, fetch: list[str]) -> list[str]:
-    """Lines that fetch the exact wheel to `wheel_path` (`fetch`), check it against its
-    SHA-256 and install it into `VENV`."""
-    q = shlex.quote
+def install_wheel(wheel: Wheel, fetch: list[str], store_url: str) -> list[str]:
+    """Lines that install into `VENV` the runner's requirements for the store at `store_url`
+    (its SDK is what `fetch` uses), fetch the exact wheel to `wheel_path` (`fetch`), check it
+    against its SHA-256 and install it without its dependencies: the CLI's and the Pulumi
+    side's are no runner's."""
+    pip = [f"{VENV}/bin/pip", "install", "-q", "--disable-pip-version-check"]
     return [
+        shlex.join([*pip, *runner_requirements(store_url)]),
         *fetch,
-        f"echo {q(f'{wheel.sha256}  {wheel_path(wheel)}')} | sha256sum -c -",
-        f"{q(VENV + '/bin/pip')} install -q --disable-pip-version-check "
-        f"{q(wheel_path(wheel))}",
+        f"echo {shlex.quote(f'{wheel.sha256}  {wheel_path(wheel)}')} | sha256sum -c -",
+        shlex.join([*pip, "--no-deps", wheel_path(wheel)]),
     ]
 
 
-def cloud_preamble(wheel: Wheel, fetch: list[str], max_minutes: int,
+def cloud_preamble(wheel: Wheel, fetch: list[str], max_minutes: int, store_url: str,
                    docker: bool = False) -> list[str]:
     """Lines before the runner starts: watchdog, power-off on exit, one boot only, Docker
-    when the job needs it and the image lacks it, a venv with the exact wheel (`fetch` puts
-    it at `REMOTE_ROOT/<wheel name>`)."""
+    when the job needs it and the image lacks it, a venv with the runner's requirements and
+    the exact wheel (`fetch` puts it at `REMOTE_ROOT/<wheel name>`)."""
     venv = VENV
     q = shlex.quote
     apt = "apt-get -o DPkg::Lock::Timeout=300 -q"
@@ -62,7 +66,7 @@ def cloud_preamble(wheel: Wheel, fetch: list[str], max_minutes: int,
         f"&& python3 -m venv --clear {q(venv)}; }}",
         *docker_lines,
         f"{q(venv + '/bin/pip')} install -q --upgrade pip",
-        *install_wheel(wheel, fetch),
+        *install_wheel(wheel, fetch, store_url),
     ]
 
 
@@ -76,6 +80,6 @@ def cloud_bootstrap(run: RunRecord, *, store_url: str, wheel: Wheel, fetch: list
         workdir=f"{REMOTE_ROOT}/runs/{run.name}", cache=f"{REMOTE_ROOT}/cache",
         host="0.0.0.0",
         preamble=cloud_preamble(wheel, fetch, max(1, math.ceil(max_duration / 60)),
-                                docker=run.job.needs_docker),
+                                store_url, docker=run.job.needs_docker),
         env={**(env or {}), **extra},
     )

@@ -149,11 +149,10 @@ class GcpBackend(CloudBackend[GcpWorkspace, GcpRun]):
         venv = f"{VENV}/bin"
         dest = wheel_path(wheel)
         url = f"gs://{self.bucket()}/{wheel.store_key}"
-        fetch = [
+        fetch = [  # else google-cloud-storage, one of the runner's requirements (installed first)
             "if command -v gcloud >/dev/null 2>&1; then",
             "  " + shlex.join(["gcloud", "storage", "cp", url, dest]),
             "else",
-            "  " + shlex.join([f"{venv}/pip", "install", "-q", "google-cloud-storage"]),
             "  " + shlex.join([f"{venv}/python", "-c", DOWNLOAD_PY, self.project(),
                                self.bucket(), wheel.store_key, dest]),
             "fi",

@@ -59,13 +59,13 @@ POD_CHECK_S = 3.0
 """How often a follower asks the cluster whether a run's pod still runs."""
 ROOT = REMOTE_ROOT
 DOWNLOAD = {
-    "s3": ("boto3", "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1] or None)"
-                    ".download_file(*sys.argv[2:5])"),
-    "gs": ("google-cloud-storage", "import sys; from google.cloud import storage; "
-                                   "storage.Client().bucket(sys.argv[2]).blob(sys.argv[3])"
-                                   ".download_to_filename(sys.argv[4])"),
+    "s3": "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1] or None)"
+          ".download_file(*sys.argv[2:5])",
+    "gs": "import sys; from google.cloud import storage; "
+          "storage.Client().bucket(sys.argv[2]).blob(sys.argv[3]).download_to_filename(sys.argv[4])",
 }
-"""Store scheme → (the package the pod installs first, code that downloads the wheel)."""
+"""Store scheme → code that downloads the wheel with the store's SDK (one of the runner's
+requirements, which the pod installs first)."""
 CREDENTIAL_FILES = [
     "# The store's credentials leave the environment for 0600 files, so the job's own",
     "# environment (which a job may print) holds no secret, as on a cloud instance.",
@@ -193,14 +193,15 @@ class KubernetesBackend(RunStacks):
     # -- runs --------------------------------------------------------------------------------
 
     def bootstrap(self, run: RunRecord) -> str:
-        """The pod's command: a venv with the exact wheel from the store (fetched with the
-        credentials of the pod's Secret, checked against its SHA-256), then the runner."""
+        """The pod's command: a venv with the runner's requirements and the exact wheel from
+        the store (fetched with the credentials of the pod's Secret, checked against its
+        SHA-256, installed without its dependencies), then the runner."""
         wheel = self.wheel()
         scheme = urlparse(self.store_url()).scheme
         if scheme not in DOWNLOAD:
             raise UsageError(f"the store of profile {self.profile.name!r} is {scheme}://, which "
                              "pods cannot reach", "Use an s3:// or gs:// store.")
-        package, code = DOWNLOAD[scheme]
+        code = DOWNLOAD[scheme]
         endpoint = dict(parse_qsl(urlparse(self.store_url()).query)).get("endpoint_url", "")
         q = shlex.quote
         fetch = [shlex.join([f"{VENV}/bin/python", "-c", code, endpoint,
@@ -210,9 +211,7 @@ class KubernetesBackend(RunStacks):
             f"mkdir -p {q(ROOT)}",
             *CREDENTIAL_FILES,
             f"[ -x {q(VENV + '/bin/python')} ] || python3 -m venv {q(VENV)}",
-            shlex.join([f"{VENV}/bin/pip", "install", "-q", "--disable-pip-version-check",
-                        package]),
-            *install_wheel(wheel, fetch),
+            *install_wheel(wheel, fetch, self.store_url()),
         ]
         ports = app_ports(run.job.ports)
         return render_bootstrap(

@@ -7,12 +7,13 @@ first on PATH), boto3 at moto, and the instances' boot scripts at the same endpo
 user's side is what a new user has: a named AWS profile in their own AWS files, no
 credentials in the environment.
 
-Images. `bare`: an empty /opt, so an instance installs Python's venv, boto3 and the whole
-dstack wheel with its dependencies from the package registry, exactly as on a fresh cloud
-image (a minute or more here). `baked`: a folder whose /opt already holds
-`/opt/dstack/venv` with the wheel's dependencies (built once and kept in the user's cache),
-like a custom image a team bakes; the boot script is the same, and pip then installs only
-the dstack wheel itself. Tests use `baked` unless they test the first boot itself.
+Images. `bare`: an empty /opt, so an instance installs Python's venv, the runner's
+requirements (`dstack.runner.requirements`) from the package registry and the dstack wheel
+without its dependencies, exactly as on a fresh cloud image. `baked`: a folder whose /opt
+already holds `/opt/dstack/venv` with the wheel's dependencies (built once and kept in the
+user's cache), like a custom image a team bakes; the boot script is the same, and pip then
+finds the requirements there and installs only the dstack wheel itself. Tests use `baked`
+unless they test the first boot itself.
 """
 
 from __future__ import annotations

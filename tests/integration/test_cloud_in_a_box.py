@@ -130,6 +130,11 @@ def test_the_aws_user_data_runs_a_job_end_to_end_against_s3(
         env={**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"})
     assert boot.returncode == 0, boot.stdout[-3000:] + boot.stderr[-3000:]
     assert (opt / "dstack" / "venv" / "bin" / "python").exists()  # installed under "/opt"
+    # The wheel went in `--no-deps`: the runner's requirements only, no Pulumi, no CLI.
+    site = next((opt / "dstack" / "venv" / "lib").glob("python3*/site-packages"))
+    assert (site / "pydantic").is_dir() and (site / "boto3").is_dir()
+    assert not [name for name in ("pulumi", "pulumi_aws", "typer", "rich", "yaml")
+                if (site / name).exists()]
     shutdowns = calls.read_text().splitlines() if calls.exists() else []
     assert any(line.startswith("-h +") for line in shutdowns), shutdowns  # the watchdog
 

@@ -317,6 +317,12 @@ def test_the_bootstrap_starts_the_runner_and_powers_off(backend: AwsBackend, whe
     key = backend.wheel().store_key
     assert key.startswith("wheels/") and key.endswith(f"/{wheel.name}") and key in script
     assert backend.wheel().sha256 in script and "sha256sum -c" in script
+    # The runner's requirements (boto3 also fetches the wheel), then the wheel `--no-deps`.
+    lines = script.splitlines()
+    [reqs] = [i for i, line in enumerate(lines) if "install -q --disable-pip-version-check "
+              "'pydantic>=2.9,<3' 'boto3>=1.34'" in line]
+    [install] = [i for i, line in enumerate(lines) if "--no-deps" in line]
+    assert reqs < install and lines[install].endswith(f"--no-deps /opt/dstack/{wheel.name}")
     assert SECRET not in script
     assert "profile=ml" not in script
     check_shell(script)

@@ -281,6 +281,9 @@ def test_the_startup_script_starts_the_runner_and_powers_off(backend: GcpBackend
     assert "shutdown -h now" in script and "shutdown -h +4320" in script
     assert f"gs://dstack-my-proj-prod/{backend.wheel().store_key}" in script
     assert "gcloud storage cp" in script and "sha256sum -c" in script
+    # The runner's requirements (its SDK also fetches the wheel), then the wheel `--no-deps`.
+    assert script.index("'pydantic>=2.9,<3' 'google-cloud-storage>=3.0'") < \
+        script.index("gcloud storage cp") < script.index("--no-deps")
     assert "export DSTACK_APP_PORTS=8000" in script
     assert SECRET not in script and "key.json" not in script
     check_shell(script)
