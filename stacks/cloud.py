@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from dstack.catalogue.offers import Offer, choose_offer
 from dstack.config.backends import ResourceChange
 from dstack.config.profiles import Profile, workspace_record
-from dstack.errors import UsageError
+from dstack.errors import StackBusyError, UsageError
 from dstack.home import write_private
 from dstack.run.job import Job
 from dstack.run.record import RunRecord, run_stack_name
@@ -47,6 +47,9 @@ Outputs = Mapping[str, object]
 
 INSTANCE_CHECK_S = 10.0
 """How often a follower asks the cloud whether a run's instance still runs."""
+WORKSPACE_WAIT_S = 600.0
+"""How long a first run waits for the workspace stack while another engine (a teammate's,
+in a shared state) holds its lock, bringing it up."""
 GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped", "gone",
                          "TERMINATED", "STOPPING", "STOPPED", "SUSPENDED"})
 """Instance states (EC2's, then GCE's) in which no runner can be running."""
@@ -167,7 +170,15 @@ class CloudBackend(RunStacks, ABC, Generic[W, R]):
         if cached is not None:
             return cached
         config = self.workspace_config()
-        outputs, _ = self.engine.up(self.workspace_stack, self.workspace_program(config))
+        deadline = time.monotonic() + WORKSPACE_WAIT_S
+        while True:
+            try:
+                outputs, _ = self.engine.up(self.workspace_stack, self.workspace_program(config))
+                break
+            except StackBusyError:  # a teammate's dstack is bringing it up: wait for it
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2.0)
         doc = {"key": self._workspace_key(config), "outputs": outputs}
         write_private(self._workspace_cache(), json.dumps(doc, indent=1).encode())
         return outputs

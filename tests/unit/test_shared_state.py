@@ -127,3 +127,36 @@ def test_a_gcp_profiles_key_file_is_what_its_store_signs_in_with(
     store = ctx.store
     assert store.client._credentials.service_account_email == \
         "alice@team-proj.iam.gserviceaccount.com"  # type: ignore[attr-defined]
+
+
+class BusyEngine:
+    """An engine whose workspace stack a teammate's engine holds for `busy` more calls."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy, self.calls = busy, 0
+
+    def up(self, name: str, program: object) -> tuple[dict[str, object], list[object]]:
+        from dstack.errors import StackBusyError
+
+        self.calls += 1
+        if self.calls <= self.busy:
+            raise StackBusyError(f"stack {name} is locked by another engine")
+        return {"bucket": "dstack-b"}, []
+
+
+def test_a_first_run_waits_while_a_teammate_brings_the_workspace_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dstack.errors import StackBusyError
+    from dstack.stacks import cloud
+    from dstack.stacks.aws import AwsBackend
+
+    monkeypatch.setattr(cloud.time, "sleep", lambda _s: None)
+    profile = Profile(name="ci", backend="aws", settings={"region": "us-east-1"})
+    backend = AwsBackend(profile, tmp_path / "home")
+    backend.__dict__["engine"] = engine = BusyEngine(busy=2)
+    assert backend.ensure_workspace() == {"bucket": "dstack-b"} and engine.calls == 3
+    monkeypatch.setattr(cloud, "WORKSPACE_WAIT_S", -1.0)
+    (tmp_path / "home" / "pulumi" / "workspace-ci.json").unlink()
+    backend.__dict__["engine"] = BusyEngine(busy=1)
+    with pytest.raises(StackBusyError):
+        backend.ensure_workspace()
