@@ -47,17 +47,18 @@ def _state(backend: str, settings: dict[str, str], state_url: str | None, shared
     (created now when missing), else None (the home's own state)."""
     if not shared:
         return state_url
-    if state_url:
-        raise UsageError("--shared and --state-url both say where the state goes",
-                         "Pass one of them: --shared uses <bucket>-state.")
-    if not check:
-        raise UsageError("--shared creates the team's state bucket, which needs the "
-                         "credentials check", "Drop --skip-check.")
     make = cast("Callable[[str, Mapping[str, str]], str]", load_target(SHARED_STATE))
     return make(backend, settings)
 
 
-def _check_common(bucket: str | None, state_url: str | None) -> None:
+def _check_common(bucket: str | None, state_url: str | None, shared: bool = False,
+                  check: bool = True) -> None:
+    if shared and state_url:
+        raise UsageError("--shared and --state-url both say where the state goes",
+                         "Pass one of them: --shared uses <bucket>-state.")
+    if shared and not check:
+        raise UsageError("--shared creates the team's state bucket, which needs the "
+                         "credentials check", "Drop --skip-check.")
     if bucket is not None and not _BUCKET.match(bucket):
         raise UsageError(f"--bucket {bucket!r} is not a valid bucket name",
                          "Use 3-63 lowercase letters, digits, '-' and '.'.")
@@ -70,7 +71,7 @@ def aws_profile(name: str, *, aws_profile: str | None, region: str, bucket: str 
                 state_url: str | None, shared: bool = False,
                 check: bool = True) -> tuple[Profile, dict[str, str]]:
     """An `aws` profile; the identity it resolved to (empty when not checked)."""
-    _check_common(bucket, state_url)
+    _check_common(bucket, state_url, shared, check)
     if not re.match(r"^[a-z]{2}(-gov)?-[a-z]+-\d$", region):
         raise UsageError(f"--region {region!r} is not an AWS region", "e.g. us-east-1")
     settings = {"region": region}
@@ -92,7 +93,7 @@ def gcp_profile(name: str, *, project: str, zone: str, credentials: str | None,
                 bucket: str | None, state_url: str | None, shared: bool = False,
                 check: bool = True) -> tuple[Profile, dict[str, str]]:
     """A `gcp` profile; the identity it resolved to (empty when not checked)."""
-    _check_common(bucket, state_url)
+    _check_common(bucket, state_url, shared, check)
     if not re.match(r"^[a-z]+-[a-z]+\d+-[a-z]$", zone):
         raise UsageError(f"--zone {zone!r} is not a GCP zone", "e.g. us-central1-a")
     if not re.match(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", project):

@@ -108,6 +108,10 @@ def test_bad_values_are_refused_before_any_check(tmp_path: Path) -> None:
         (["gcp", "x", "--project", "p", "--zone", "us-central1"], "is not a GCP zone"),
         (["aws", "Bad Name", "--region", "us-east-1", "--bucket", "b-1", "--skip-check"],
          "invalid profile name"),
+        (["aws", "x", "--region", "us-east-1", "--shared", "--state-url", "s3://b/s"],
+         "--shared and --state-url both say where the state goes"),
+        (["gcp", "x", "--project", "proj-123", "--zone", "us-central1-a", "--shared",
+          "--skip-check"], "--shared creates the team's state bucket"),
     ]:
         done = cli(home, "config", "add", *args)
         assert done.returncode == 2 and words in done.stderr, (args, done.stderr)
