@@ -9,12 +9,19 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from itertools import zip_longest
 from pathlib import Path
 
 from dstack.store.base import Store
 from dstack.store.keys import artifact_prefix
 
 UPLOAD_THREADS = 8
+BATCH_FILES = 32
+"""Files uploaded one after another by a thread, at most (`_batches`)."""
+BATCH_BYTES = 8 << 20
+"""Bytes of a batch, at most (a larger file is a batch of its own)."""
+Change = tuple[str, Path, tuple[int, int]]
+"""A file to upload: its key under the run's artifacts, its path, its (size, mtime_ns)."""
 
 
 def _walk_files(root: Path, rel: str) -> list[tuple[str, Path, os.stat_result]]:
@@ -55,6 +62,29 @@ def _walk_files(root: Path, rel: str) -> list[tuple[str, Path, os.stat_result]]:
     return out
 
 
+def _batches(todo: list[Change], threads: int) -> list[list[Change]]:
+    """`todo` in batches, each uploaded in order by one thread: a few files of one folder
+    (at most `BATCH_FILES`, fewer when there are few files for the threads; at most
+    `BATCH_BYTES` unless a single file is larger), the largest batches first, and batches of
+    a size taking the folders in turn. A folder store's file creations in one folder wait on
+    that folder's lock (ext4 spins on it), so each thread is best in another folder; one
+    after another in the same folder, they stay close on disk and cost less."""
+    most = max(1, min(BATCH_FILES, -(-len(todo) // threads)))
+    by_folder: dict[str, list[list[Change]]] = {}
+    last_bytes: dict[str, int] = {}
+    for item in sorted(todo, key=lambda item: item[2][0], reverse=True):
+        folder, size = item[0].rpartition("/")[0], item[2][0]
+        batches = by_folder.setdefault(folder, [[]])
+        if batches[-1] and (len(batches[-1]) >= most
+                            or last_bytes[folder] + size > BATCH_BYTES):
+            batches.append([])
+            last_bytes[folder] = 0
+        batches[-1].append(item)
+        last_bytes[folder] = last_bytes.get(folder, 0) + size
+    turns = [batch for row in zip_longest(*by_folder.values()) for batch in row if batch]
+    return sorted(turns, key=lambda batch: sum(item[2][0] for item in batch), reverse=True)
+
+
 def _inside(path: Path, real_root: Path) -> bool:
     try:
         path.resolve().relative_to(real_root)
@@ -81,7 +111,7 @@ class ArtifactSync:
         """How many distinct files have been saved so far."""
         return len(self._seen)
 
-    def changed(self) -> list[tuple[str, Path, tuple[int, int]]]:
+    def changed(self) -> list[Change]:
         """Files that are new or changed since their last upload."""
         out = []
         for rel in self.paths:
@@ -98,18 +128,19 @@ class ArtifactSync:
             if not todo:
                 return 0
 
-            def upload(item: tuple[str, Path, tuple[int, int]]) -> None:
-                key, path, sig = item
-                try:
-                    self.store.put_file(self.prefix + key, path)
-                except FileNotFoundError:
-                    return  # deleted while we looked: nothing to keep
-                self._seen[key] = sig
+            def upload(batch: list[Change]) -> None:
+                for key, path, sig in batch:
+                    try:
+                        self.store.put_file(self.prefix + key, path)
+                    except FileNotFoundError:
+                        continue  # deleted while we looked: nothing to keep
+                    self._seen[key] = sig
 
-            if len(todo) == 1:
-                upload(todo[0])
+            batches = _batches(todo, UPLOAD_THREADS)
+            if len(batches) == 1:
+                upload(batches[0])
             else:
-                with ThreadPoolExecutor(min(UPLOAD_THREADS, len(todo))) as pool:
-                    list(pool.map(upload, todo))
+                with ThreadPoolExecutor(min(UPLOAD_THREADS, len(batches))) as pool:
+                    list(pool.map(upload, batches))
             self.uploaded += len(todo)
             return len(todo)

@@ -7,14 +7,19 @@ import errno
 import fcntl
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from dstack.errors import DstackError, NotFoundError, StoreError, UsageError
-from dstack.files import create_whole, replacing
+from dstack.files import copy_whole, create_whole, replacing
 from dstack.store.base import JsonDoc, Store, check_key
+
+SETTLE_NS = 3_000_000_000
+"""How old a folder's mtime must be to stand for its contents (`folder_version`): older than
+the coarsest timestamps (some file systems keep seconds, or two) and some clock skew."""
 
 
 class LocalStore(Store):
@@ -64,18 +69,26 @@ class LocalStore(Store):
             raise _store_error(exc, key) from exc
 
     def put_file(self, key: str, path: Path) -> None:
-        if not path.is_file():  # a missing source is the caller's business, not the store's
-            raise FileNotFoundError(path)
-        with self._writing(key) as tmp:
-            shutil.copyfile(path, tmp)
+        """Copied whole (`copy_whole`: in the kernel, aside, then renamed; not flushed to
+        disk). FileNotFoundError when `path` is missing or not a regular file: a missing
+        source is the caller's business, not the store's."""
+        dest = self._path(key)
+        try:
+            self._folder(dest)
+            copy_whole(path, dest)
+        except FileNotFoundError as exc:
+            if exc.filename == str(path):
+                raise
+            raise _store_error(exc, key) from exc
+        except OSError as exc:
+            raise _store_error(exc, key) from exc
 
     def get_file(self, key: str, path: Path) -> None:
         src = self._path(key)
         if not src.is_file():
             raise NotFoundError(f"{key} is not in the store {self.url}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(path) as tmp:
-            shutil.copyfile(src, tmp)
+        copy_whole(src, path)
 
     def create_bytes(self, key: str, data: bytes) -> bool:
         path = self._path(key)
@@ -114,6 +127,19 @@ class LocalStore(Store):
                 st = e.stat()  # a linked file's version is its target's
                 out[key] = f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
         return dict(sorted(out.items()))
+
+    def folder_version(self, prefix: str) -> str | None:
+        """The folder's own mtime and inode: every write renames a file into its folder and
+        every delete unlinks one, and either moves the mtime (a file edited in place by hand
+        does not). None while the mtime is recent (`SETTLE_NS`): a write within the same
+        clock tick would not move it."""
+        try:
+            st = os.stat(self.root / prefix if prefix else self.root)
+        except OSError:
+            return None
+        if time.time_ns() - st.st_mtime_ns < SETTLE_NS:
+            return None
+        return f"{st.st_mtime_ns}-{st.st_ino}"
 
     def list_times(self, prefix: str) -> dict[str, float]:
         out: dict[str, float] = {}
