@@ -3,8 +3,9 @@
 10,000 runs and 10,000 tags are written straight into a store folder as valid `RunRecord`
 and `Tag` documents (finished, torn down, so no command has anything to repair), then
 `dstack ps -a`, `dstack ps` and `dstack tags list`, as tables and as `--json`, are timed as
-subprocesses. Then N concurrent `dstack run` of a trivial job in one home (after one run
-that creates the workspace stack): whether all succeed, the wall time, and each CLI's
+subprocesses, and what each spends importing (`python -X importtime`) is tabled. Then N
+concurrent `dstack run` of a trivial job in one home (after one run that creates the
+workspace stack): whether all succeed, the wall time, and each CLI's
 peak memory — its own `VmHWM`, and `ru_maxrss` from `wait4`, the largest process among it
 and the processes it waited for (the engine, its plugins).
 """
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from bench.command import BenchError, Completed
 from bench.config import Config
 from bench.homes import BenchHome, log
+from bench.importtime import COLUMNS, command_imports
 from bench.stats import Section, Target, fmt
 from dstack.names import ADJECTIVES, ANIMALS
 from dstack.run.job import ArtifactPath, Job
@@ -120,9 +122,14 @@ def _listings(cfg: Config, sec: Section) -> None:
                 done = h.dstack(*args, timeout=300)
                 _check_listing(args, done)
                 times.setdefault(label, []).append(done.wall)
+        log("scale: import times of the listing commands (python -X importtime)")
+        imports = [[label, *(fmt(ms, "ms") for ms in command_imports(h, args, reps).values())]
+                   for label, args in LISTINGS]
     sec.add("`dstack ps -a` on an empty store (the CLI's floor)", "s", empty)
     for label, values in times.items():
         sec.add(f"{label}, {N_RUNS} runs / {N_TAGS} tags", "s", values, Target(LIST_TARGET_S))
+    sec.detail(f"Import time of each listing command (ms; median of {reps}, each module's own "
+               "time summed by package)", ["command", *COLUMNS], imports)
     sec.notes.append(f"Writing {N_RUNS} run and {N_TAGS} tag documents with LocalStore took "
                      f"{made:.1f} s. Listing commands ran {reps} time(s) each (at most "
                      f"{LIST_REPEAT_MAX}); each `--json` answer was checked for its row count.")

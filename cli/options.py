@@ -3,6 +3,7 @@ context they open and the one confirmation question."""
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -26,7 +27,11 @@ def open_context(profile: str | None) -> Context:
     """The profile's context, after tearing down whatever finished runs left behind."""
     from dstack.run.lifecycle import open_reconciled
 
-    return open_reconciled(profile, output.say)
+    ctx = open_reconciled(profile, output.say)
+    # What exists by now (modules, a listing cache) lives as long as the command: frozen, the
+    # garbage collector does not walk it again (over 10,000 listed runs that costs a third).
+    gc.freeze()
+    return ctx
 
 
 def project_folder(option: Path | None, *, job_starts_at_root: bool = False) -> Path:

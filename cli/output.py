@@ -7,11 +7,12 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, TextIO
+from itertools import chain, repeat
+from typing import TYPE_CHECKING, TextIO, cast
 
 from dstack.lines import DSTACK, LineKeeper, Target
 
@@ -113,9 +114,63 @@ def write_log(stream: Stream, data: bytes) -> None:
 
 
 def print_json(doc: object) -> None:
-    """JSON to stdout."""
+    """JSON to stdout, as `json.dumps(doc, indent=2, default=str)` writes it."""
+    text = _rows_json(doc) if isinstance(doc, list) else None
+    if text is None:
+        text = json.dumps(doc, indent=2, sort_keys=False, default=str)
     with _stdout_kept():
-        print(json.dumps(doc, indent=2, sort_keys=False, default=str), flush=True)
+        print(text, flush=True)
+
+
+_SEP = "\x00"
+"""Between values the C encoder writes: never in its output otherwise (it escapes every
+control character)."""
+_NESTED = (list, tuple, dict)
+
+
+def _rows_json(rows: list[object]) -> str | None:
+    """`json.dumps(rows, indent=2, default=str)` of a listing, about 3 times as fast: for
+    dicts of the same keys in the same order whose values are scalars or lists of scalars,
+    each column is encoded by the C encoder at once and the rows are pieced together in C.
+    None for anything else (the caller encodes it the usual way)."""
+    if not rows or type(rows[0]) is not dict:
+        return None
+    keys = tuple(rows[0])
+    if not keys or not all(type(k) is str for k in keys) or \
+            not all(type(r) is dict and tuple(r) == keys for r in rows):
+        return None
+    dicts = cast("list[dict[str, object]]", rows)
+    pieces: list[Iterable[str]] = []
+    for i, col in enumerate(zip(*(r.values() for r in dicts), strict=True)):
+        shown = _scalars(col) if _flat(col) else _lists(col)
+        if shown is None:
+            return None
+        pieces += [repeat(("  {\n" if i == 0 else ",\n") + f"    {json.dumps(keys[i])}: "),
+                   shown]
+    pieces.append(repeat("\n  },\n"))
+    rows_text = "".join(chain.from_iterable(zip(*pieces, strict=False)))  # repeat is endless
+    return "[\n" + rows_text[:-2] + "\n]"
+
+
+def _flat(values: Sequence[object]) -> bool:
+    return not any(issubclass(t, _NESTED) for t in set(map(type, values)))
+
+
+def _scalars(values: Sequence[object]) -> list[str]:
+    """Each scalar's JSON, as `json.dumps(value, default=str)` writes it."""
+    return json.dumps(list(values), separators=(_SEP, ": "), default=str)[1:-1].split(_SEP)
+
+
+def _lists(values: Sequence[object]) -> list[str] | None:
+    """Each list of scalars as JSON indented at the second level; None for other values."""
+    if not all(type(v) is list for v in values) or \
+            not _flat([x for v in cast("Sequence[list[object]]", values) for x in v]):
+        return None
+    # `]SEP[` is only ever between two lists: SEP is escaped in strings, and no scalar
+    # begins with `[` or ends with `]`.
+    inner = json.dumps(values, separators=(_SEP, ": "), default=str)[2:-2].split(f"]{_SEP}[")
+    return ["[\n      " + c.replace(_SEP, ",\n      ") + "\n    ]" if c else "[]"
+            for c in inner]
 
 
 def lines(texts: Sequence[str]) -> None:

@@ -47,12 +47,12 @@ def add_cmd(
 @tags_app.command("list")
 def list_cmd(profile: Profile = None, json_out: JsonOpt = False) -> None:
     """List tags."""
-    from dstack.run.tags import list_tags
+    from dstack.run.tags import list_tags, tag_dumps
 
     ctx = open_context(profile)
     tags = list_tags(ctx.store, ctx.listing_cache)
     if json_out:
-        output.print_json([t.model_dump(mode="json") for t in tags])
+        output.print_json(tag_dumps(tags))
         return
     output.table(["TAG", "RUN", "WORKFLOW", "CREATED"],
                  [[t.name, t.run, t.workflow or "", t.created_at] for t in tags])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dstack.durations import duration_s
@@ -47,6 +46,8 @@ def load_profiles(home: Path) -> tuple[dict[str, Profile], str]:
     profiles = {"local": LOCAL}
     default = "local"
     if path.exists():
+        import yaml  # only a home with profiles besides `local` pays for it
+
         try:
             doc = yaml.safe_load(path.read_text()) or {}
             for name, body in (doc.get("profiles") or {}).items():
@@ -156,6 +157,8 @@ def set_setting(home: Path, name: str, key: str, value: str | None) -> Profile:
 
 def save_profiles(home: Path, profiles: dict[str, Profile], default: str) -> None:
     """Write the profiles (all but the built-in `local`) to config.yaml, 0600."""
+    import yaml
+
     doc = {
         "default": default,
         "profiles": {

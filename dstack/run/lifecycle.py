@@ -30,7 +30,7 @@ from dstack.run.audit import record_update
 from dstack.run.billing import priced_fields
 from dstack.run.context import Context, Say, quiet
 from dstack.run.cost import closed_billing
-from dstack.run.listing import run_docs, settled
+from dstack.run.listing import run_docs, unsettled_docs
 from dstack.run.record import (
     RunRecord,
     Status,
@@ -246,9 +246,7 @@ def reconcile(ctx: Context, say: Say = quiet,
     `failed`, and the others go on: housekeeping never blocks the command that does it.
     """
     done = []
-    for doc in run_docs(ctx.store, ctx.listing_cache):
-        if settled(doc):
-            continue
+    for doc in unsettled_docs(ctx.store, ctx.listing_cache):  # a settled run is never read
         run = RunRecord.model_validate(doc)
         if needs_teardown(ctx, run):
             if not _try_teardown(ctx, run.name, say, failed):

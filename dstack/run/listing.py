@@ -3,14 +3,19 @@
 A run that finished and whose stack is torn down no longer changes, so the fields of its
 document that listings show (`LISTED`) are cached and it is not read again; only runs still
 in progress are read each time. Tags are cached by the store's version token of each tag
-document. The store stays the truth: a run or tag that disappears from it disappears from
-the listing, and the cache can be deleted at any time. A process loads the cache once.
+document, and the tags folder's own token (`Store.folder_version`) when the store has one:
+while it is unchanged no tag was written or removed, and the tags are not even listed. The
+store stays the truth: a run or tag that disappears from it disappears from the listing, and
+the cache can be deleted at any time. A process loads the cache once, and writes it only
+when something changed.
 """
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypedDict, cast
 
@@ -27,9 +32,9 @@ _FINAL = {s.value for s in TERMINAL}
 LISTED = ("name", "workflow", "project", "provider", "status", "submitted_at", "started_at",
           "finished_at", "backend", "exit_code", "message", "torn_down", "owner", "billing")
 """The fields of a settled run that listings read (and `job.artifacts`, as paths)."""
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 """Of the cache file; a cache of another version (2 kept no `project`, 3 no `owner` and
-`billing`) is rebuilt."""
+`billing`, 4 no `tags_at`) is rebuilt."""
 
 
 class _TagEntry(TypedDict):
@@ -40,12 +45,14 @@ class _TagEntry(TypedDict):
 
 
 class _Cache(TypedDict, total=False):
-    """The cache file: of which store, the settled runs (`LISTED` fields) and the tags."""
+    """The cache file: of which store, the settled runs (`LISTED` fields), the tags and the
+    tags folder's token when they were listed (None: the store has none)."""
 
     version: int
     store: str
     runs: dict[str, JsonDoc]
     tags: dict[str, _TagEntry]
+    tags_at: str | None
 
 
 class RunSummary(TypedDict):
@@ -77,13 +84,27 @@ def settled(doc: Mapping[str, object]) -> bool:
     return doc.get("status") in _FINAL and bool(doc.get("torn_down"))
 
 
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """The garbage collector paused: parsing tens of thousands of documents makes no cycles,
+    and collections while they pile up would add about a third to the time."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _load(path: Path | None, store: Store) -> _Cache:
     """The cache of `store` (empty when missing, unreadable or of another store)."""
     if path is None:
         return {}
     if path not in _loaded:
         try:
-            doc = json.loads(path.read_bytes())
+            with _no_gc():
+                doc = json.loads(path.read_bytes())
         except (OSError, ValueError):
             doc = {}
         ours = isinstance(doc, dict) and doc.get("version") == CACHE_VERSION
@@ -109,6 +130,22 @@ def _listed(doc: JsonDoc) -> JsonDoc:
 def run_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
     """Every run document, newest first; with a cache, settled runs have only the `LISTED`
     fields (read the run itself for more)."""
+    return _newest_runs(list(_current_runs(store, cache).values()))
+
+
+def unsettled_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
+    """The documents of the runs that may still change, newest first: what housekeeping
+    goes through (settled runs in the cache are not even looked at)."""
+    return _newest_runs([d for d in _current_runs(store, cache).values() if not settled(d)])
+
+
+def _newest_runs(docs: list[JsonDoc]) -> list[JsonDoc]:
+    return sorted(docs, key=lambda d: str(d.get("submitted_at", "")), reverse=True)
+
+
+def _current_runs(store: Store, cache: Path | None) -> dict[str, JsonDoc]:
+    """Run name → its document (settled ones from the cache); the cache saved if it
+    changed."""
     whole = _load(cache, store)
     cached = whole.get("runs", {})
     fresh: dict[str, JsonDoc] = {}
@@ -126,8 +163,9 @@ def run_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
         fresh[name] = doc
     if dirty or len([n for n in cached if n in fresh]) != len(cached):
         _save(cache, {"version": CACHE_VERSION, "store": store.url, "tags": whole.get("tags", {}),
+                      "tags_at": whole.get("tags_at"),
                       "runs": {n: d for n, d in fresh.items() if settled(d)}})
-    return sorted(fresh.values(), key=lambda d: str(d.get("submitted_at", "")), reverse=True)
+    return fresh
 
 
 def project_runs(docs: list[JsonDoc], project: str | None) -> list[JsonDoc]:
@@ -157,8 +195,11 @@ def tag_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
     """Every tag document, newest first (unchanged ones from the cache)."""
     whole = _load(cache, store)
     cached = whole.get("tags", {})
+    at = store.folder_version(TAGS) if cache is not None else None  # before it is listed
+    if at is not None and whole.get("tags_at") == at:
+        return _newest_first([e["doc"] for e in cached.values()])
     fresh: dict[str, _TagEntry] = {}
-    dirty = False
+    dirty = at != whole.get("tags_at")
     for key, version in store.list_versions(TAGS).items():
         if tag_of(key) is None:
             continue
@@ -171,11 +212,15 @@ def tag_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
             dirty = True
         fresh[key] = entry
     if dirty or len(fresh) != len(cached):
-        whole = {**whole, "version": CACHE_VERSION, "store": store.url, "tags": fresh}
+        whole = {**whole, "version": CACHE_VERSION, "store": store.url, "tags": fresh,
+                 "tags_at": at}
         whole.setdefault("runs", {})
         _save(cache, whole)
-    docs = [e["doc"] for e in fresh.values()]
-    return sorted(docs, key=lambda d: str(d.get("created_at", "")), reverse=True)
+    return _newest_first([e["doc"] for e in fresh.values()])
+
+
+def _newest_first(tags: list[JsonDoc]) -> list[JsonDoc]:
+    return sorted(tags, key=lambda d: str(d.get("created_at", "")), reverse=True)
 
 
 def run_summary(doc: JsonDoc, tags: list[str], now: float) -> RunSummary:

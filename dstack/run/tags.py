@@ -8,11 +8,12 @@ Tags are global, so that `:TAG` shares a run across projects on purpose; `wf:lat
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from dstack.errors import NotFoundError, UsageError
 from dstack.json_types import JsonDoc
@@ -86,15 +87,32 @@ def list_tag_names(store: Store) -> list[str]:
     return [tag for tag in map(tag_of, store.list(TAGS)) if tag is not None]
 
 
+@functools.cache
+def _tag_list() -> TypeAdapter[list[Tag]]:
+    """Validates (and dumps) a whole listing of tags at once: faster than tag by tag."""
+    return TypeAdapter(list[Tag])
+
+
 def list_tags(store: Store, cache: Path | None = None) -> list[Tag]:
-    """Every tag, newest first."""
+    """Every valid tag, newest first."""
+    docs = tag_docs(store, cache)
+    try:
+        return _tag_list().validate_python(docs)
+    except ValidationError:  # one or more are not tags: each valid one on its own
+        pass
     tags = []
-    for doc in tag_docs(store, cache):
+    for doc in docs:
         try:
             tags.append(Tag.model_validate(doc))
         except ValueError:
             continue
     return tags
+
+
+def tag_dumps(tags: list[Tag]) -> list[JsonDoc]:
+    """The tags as JSON documents (`Tag.model_dump(mode="json")` of each)."""
+    docs: list[JsonDoc] = _tag_list().dump_python(tags, mode="json")
+    return docs
 
 
 def delete_tag(store: Store, tag: str) -> None:

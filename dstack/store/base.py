@@ -91,6 +91,12 @@ class Store(ABC):
         to leave it as it is. Returns the document as stored afterwards.
         """
 
+    def folder_version(self, prefix: str) -> str | None:
+        """A token that changes whenever an object directly under `prefix` is written or
+        removed, told without listing them; None when the store cannot tell it cheaply (or
+        not reliably now): the caller lists `list_versions` instead."""
+        return None
+
     def list_times(self, prefix: str) -> dict[str, float]:
         """Every key under `prefix` with the time (epoch seconds) its object was last written.
 

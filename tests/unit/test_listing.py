@@ -1,20 +1,31 @@
 """The listing cache (`dstack.run.listing`): a settled run is read once and then listed from
 the cache; a run still in progress, a changed tag, a deleted run or tag are read from the
-store every time; a cache of another store or version, or an unreadable one, is rebuilt.
+store every time; a cache of another store or version, or an unreadable one, is rebuilt; a
+tags folder that did not change is not listed, and a cache with nothing new is not written.
 And which runs `dstack ps` shows (`shown_runs`)."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dstack.run import listing
-from dstack.run.listing import CACHE_VERSION, LISTED, run_docs, shown_runs, tag_docs
+from dstack.run.listing import (
+    CACHE_VERSION,
+    LISTED,
+    run_docs,
+    shown_runs,
+    tag_docs,
+    unsettled_docs,
+)
+from dstack.run.tags import list_tags, tag_dumps
 from dstack.store.base import JsonDoc
-from dstack.store.keys import run_key, tag_key
+from dstack.store.keys import TAGS, run_key, tag_key
 from dstack.store.local import LocalStore
 
 
@@ -189,3 +200,108 @@ def test_ps_shows_unfinished_runs_and_the_newest_finished_ones() -> None:
     shown = [d["name"] for d in shown_runs(docs, "p")]
     assert shown == [f"done-{i}" for i in range(listing.RECENT)] + ["running-1"]
     assert shown_runs(docs, "p", all_runs=True) == docs
+
+
+# -- what the cache spares: listing an unchanged tags folder, writing an unchanged cache -------
+
+
+def age(folder: Path, seconds: int = 60) -> None:
+    """Set the folder's mtime in the past, as if it had settled long ago."""
+    past = time.time() - seconds
+    os.utime(folder, (past, past))
+
+
+def test_a_folder_version_is_told_only_once_the_folder_settled(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    assert store.folder_version(TAGS) is None  # no folder yet
+    store.put_json(tag_key("v1"), {"name": "v1"})
+    assert store.folder_version(TAGS) is None  # written just now: the same tick may follow
+    age(tmp_path / "store" / "tags")
+    settled_at = store.folder_version(TAGS)
+    assert settled_at is not None and store.folder_version(TAGS) == settled_at
+    store.put_json(tag_key("v1"), {"name": "v1", "run": "x"})  # a rewrite renames a file in
+    age(tmp_path / "store" / "tags", 30)
+    assert store.folder_version(TAGS) not in (None, settled_at)
+    store.delete(tag_key("v1"))
+    age(tmp_path / "store" / "tags", 20)
+    assert store.folder_version(TAGS) not in (None, settled_at)
+
+
+def test_tags_are_not_listed_while_their_folder_is_unchanged(
+        store: CountingStore, cache: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store.put_json(tag_key("v1"), {"name": "v1", "run": "done-1", "created_at": "1"})
+    age(tmp_path / "store" / "tags")
+    assert [t["run"] for t in tag_docs(store, cache)] == ["done-1"]
+    new_process()
+    listed: list[str] = []
+    original = store.list_versions
+
+    def list_versions(prefix: str) -> dict[str, str]:
+        listed.append(prefix)
+        return original(prefix)
+
+    monkeypatch.setattr(store, "list_versions", list_versions)
+    store.read.clear()
+    assert [t["run"] for t in tag_docs(store, cache)] == ["done-1"]
+    assert listed == [] and store.read == []
+    # Another machine rewrites the tag: the folder moved, so it is listed and read again.
+    store.put_json(tag_key("v1"), {"name": "v1", "run": "done-2", "created_at": "1"})
+    age(tmp_path / "store" / "tags", 30)
+    new_process()
+    assert [t["run"] for t in tag_docs(store, cache)] == ["done-2"]
+    assert listed == [TAGS] and store.read == [tag_key("v1")]
+
+
+def test_a_recently_changed_tags_folder_is_listed_every_time(
+        store: CountingStore, cache: Path) -> None:
+    store.put_json(tag_key("v1"), {"name": "v1", "run": "done-1", "created_at": "1"})
+    tag_docs(store, cache)
+    assert json.loads(cache.read_text())["tags_at"] is None
+    store.put_json(tag_key("v1"), {"name": "v1", "run": "done-2", "created_at": "1"})
+    assert [t["run"] for t in tag_docs(store, cache)] == ["done-2"]
+
+
+def test_a_cache_with_nothing_new_is_not_written_again(
+        store: CountingStore, cache: Path, tmp_path: Path) -> None:
+    put_run(store, "done-1")
+    put_run(store, "run-1", status="running", torn_down=False)
+    store.put_json(tag_key("v1"), {"name": "v1", "run": "done-1", "created_at": "1"})
+    age(tmp_path / "store" / "tags")
+    run_docs(store, cache)
+    tag_docs(store, cache)
+    before = cache.stat()
+    for _ in range(2):
+        new_process()
+        run_docs(store, cache)
+        tag_docs(store, cache)
+    after = cache.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_housekeeping_reads_only_the_runs_that_may_still_change(
+        store: CountingStore, cache: Path) -> None:
+    put_run(store, "done-1")
+    put_run(store, "stack-up-1", status="done", torn_down=False)
+    put_run(store, "run-1", status="running", torn_down=False,
+            submitted="2024-01-02T00:00:00+00:00")
+    run_docs(store, cache)
+    new_process()
+    store.read.clear()
+    assert [d["name"] for d in unsettled_docs(store, cache)] == ["run-1", "stack-up-1"]
+    assert sorted(store.read) == [run_key("run-1"), run_key("stack-up-1")]
+    # The run's document changes (its stack is torn down): it settles into the cache.
+    put_run(store, "stack-up-1", status="done", torn_down=True)
+    assert [d["name"] for d in unsettled_docs(store, cache)] == ["run-1"]
+    assert "stack-up-1" in json.loads(cache.read_text())["runs"]
+
+
+def test_tags_are_validated_together_and_an_invalid_one_is_left_out(
+        store: CountingStore, cache: Path) -> None:
+    store.put_json(tag_key("v1"), {"name": "v1", "run": "done-1", "created_at": "1"})
+    store.put_json(tag_key("v2"), {"name": "v2", "run": "done-2", "created_at": "2"})
+    assert [t.name for t in list_tags(store, cache)] == ["v2", "v1"]
+    assert tag_dumps(list_tags(store, cache)) == \
+        [t.model_dump(mode="json") for t in list_tags(store, cache)]
+    store.put_json(tag_key("bad"), {"name": "bad", "created_at": "3", "unknown": 1})
+    assert [t.name for t in list_tags(store, cache)] == ["v2", "v1"]
