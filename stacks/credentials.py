@@ -39,47 +39,45 @@ def check_aws(settings: Mapping[str, str]) -> dict[str, str]:
     return {"account": str(ident["Account"]), "arn": str(ident["Arn"])}
 
 
-def gcp_account(settings: Mapping[str, str]) -> str:
-    """The account of the profile's GCP credentials: a service account's email; for a user's
-    application-default credentials (which name no account), `<local user> (gcloud)`."""
-    import getpass
-
+def _gcp_credentials(settings: Mapping[str, str], fix: str,
+                     scopes: list[str] | None = None) -> object:
+    """The profile's GCP credentials: its key file (`credentials`), else the
+    application-default ones; a UsageError with `fix` when there are none usable."""
     import google.auth
     import google.auth.exceptions as gexc
 
     try:
         if settings.get("credentials"):
             creds, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
-                settings["credentials"])
+                settings["credentials"], scopes=scopes)  # (google-auth leaves it unannotated)
         else:
-            creds, _ = google.auth.default()
+            creds, _ = google.auth.default(scopes=scopes)
     except (gexc.DefaultCredentialsError, OSError, ValueError) as exc:
-        raise UsageError(f"no usable GCP credentials: {exc}",
-                         "Run `gcloud auth application-default login`, or add the profile "
-                         "again with --credentials FILE.") from None
+        raise UsageError(f"no usable GCP credentials: {exc}", fix) from None
+    return creds
+
+
+def gcp_account(settings: Mapping[str, str]) -> str:
+    """The account of the profile's GCP credentials: a service account's email; for a user's
+    application-default credentials (which name no account), `<local user> (gcloud)`."""
+    import getpass
+
+    creds = _gcp_credentials(settings, "Run `gcloud auth application-default login`, or add "
+                                       "the profile again with --credentials FILE.")
     email = getattr(creds, "service_account_email", None)
     return str(email) if email else f"{getpass.getuser()} (gcloud)"
 
 
 def check_gcp(settings: Mapping[str, str]) -> dict[str, str]:
     """Load the GCP credentials and check the project is reachable: {project, account}."""
-    import google.auth
     import google.auth.exceptions as gexc
     from google.api_core import exceptions as api_exc
     from google.cloud import storage
 
-    project, creds_file = settings["project"], settings.get("credentials")
-    scopes = ["https://www.googleapis.com/auth/cloud-platform"]
-    try:
-        if creds_file:
-            creds, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
-                creds_file, scopes=scopes)  # (google-auth leaves this function unannotated)
-        else:
-            creds, _ = google.auth.default(scopes=scopes)
-    except (gexc.DefaultCredentialsError, OSError, ValueError) as exc:
-        raise UsageError(f"no usable GCP credentials: {exc}",
-                         "Run `gcloud auth application-default login`, or pass "
-                         "--credentials FILE (a service account key).") from None
+    project = settings["project"]
+    creds = _gcp_credentials(settings, "Run `gcloud auth application-default login`, or pass "
+                                       "--credentials FILE (a service account key).",
+                             scopes=["https://www.googleapis.com/auth/cloud-platform"])
     try:
         list(storage.Client(project=project, credentials=creds).list_buckets(max_results=1))
     except api_exc.Forbidden:
