@@ -69,13 +69,11 @@ class AwsBackend(CloudBackend[AwsWorkspace, AwsRun]):
             query["profile"] = str(self.setting("aws_profile"))
         return f"s3://{self.bucket()}?{urlencode(query)}"
 
-    def identity(self) -> str:
-        """The caller ARN of the profile's AWS credentials (one STS call per process)."""
-        if self._identity is None:
-            from dstack.stacks.credentials import check_aws
+    def ask_identity(self) -> str:
+        """The caller ARN of the profile's AWS credentials (an STS call)."""
+        from dstack.stacks.credentials import check_aws
 
-            self._identity = check_aws(self.profile.settings)["arn"]
-        return self._identity
+        return check_aws(self.profile.settings)["arn"]
 
     # -- runs --------------------------------------------------------------------------------
 

@@ -71,6 +71,10 @@ class CloudBackend(RunStacks, ABC, Generic[W, R]):
     # -- what a subclass declares ----------------------------------------------------------
 
     @abstractmethod
+    def ask_identity(self) -> str:
+        """Who the profile's credentials are, as the cloud says (`identity` asks once)."""
+
+    @abstractmethod
     def location(self) -> str:
         """The region (or zone) offers are chosen in."""
 
@@ -106,6 +110,12 @@ class CloudBackend(RunStacks, ABC, Generic[W, R]):
         return None
 
     # -- settings --------------------------------------------------------------------------
+
+    def identity(self) -> str:
+        """The cloud identity of the profile's credentials, asked once per process."""
+        if self._identity is None:
+            self._identity = self.ask_identity()
+        return self._identity
 
     def required(self, key: str, example: str) -> str:
         """A setting the backend cannot work without; a UsageError that says how to set it."""

@@ -91,13 +91,11 @@ class GcpBackend(CloudBackend[GcpWorkspace, GcpRun]):
         """`gs://<bucket>?project=…` (the same on the VM, which uses its service account)."""
         return f"gs://{self.bucket()}?{urlencode({'project': self.project()})}"
 
-    def identity(self) -> str:
+    def ask_identity(self) -> str:
         """The account of the profile's GCP credentials."""
-        if self._identity is None:
-            from dstack.stacks.credentials import gcp_account
+        from dstack.stacks.credentials import gcp_account
 
-            self._identity = gcp_account(self.profile.settings)
-        return self._identity
+        return gcp_account(self.profile.settings)
 
     # -- runs --------------------------------------------------------------------------------
 
