@@ -41,8 +41,8 @@ SHARED_STATE = "dstack.stacks.shared_state:shared_state_url"
 """`module:function` creating a team's state bucket and returning its URL."""
 
 
-def _state(backend: str, settings: dict[str, str], state_url: str | None, shared: bool,
-           check: bool) -> str | None:
+def _state(backend: str, settings: dict[str, str], state_url: str | None,
+           shared: bool) -> str | None:
     """The profile's state URL: `--state-url`, else with `--shared` the team's state bucket
     (created now when missing), else None (the home's own state)."""
     if not shared:
@@ -85,7 +85,7 @@ def aws_profile(name: str, *, aws_profile: str | None, region: str, bucket: str 
         bucket = _bucket_name(["dstack", identity["account"], region, name])
     query = {"region": region, **({"profile": aws_profile} if aws_profile else {})}
     settings.update(bucket=bucket, store_url=f"s3://{bucket}?{urlencode(query)}")
-    state_url = _state("aws", settings, state_url, shared, check)
+    state_url = _state("aws", settings, state_url, shared)
     return Profile(name=name, backend="aws", state_url=state_url, settings=settings), identity
 
 
@@ -104,7 +104,7 @@ def gcp_profile(name: str, *, project: str, zone: str, credentials: str | None,
     identity = _checker("gcp")(settings) if check else {}
     bucket = bucket or _bucket_name(["dstack", project, name])
     settings.update(bucket=bucket, store_url=f"gs://{bucket}?{urlencode({'project': project})}")
-    state_url = _state("gcp", settings, state_url, shared, check)
+    state_url = _state("gcp", settings, state_url, shared)
     return Profile(name=name, backend="gcp", state_url=state_url, settings=settings), identity
 
 
