@@ -28,6 +28,7 @@ from dstack.stacks.shared_state import (
     team_passphrase,
 )
 from dstack.stacks.wheel import Wheel, find_wheel
+from dstack.store.base import Store
 
 if TYPE_CHECKING:
     from dstack.stacks.engine import Engine
@@ -65,12 +66,18 @@ class RunStacks:
         return default if value in (None, "") else str(value)
 
     @cached_property
+    def bucket_state(self) -> Store | None:
+        """The profile's Pulumi state as a store when it is in a bucket (a team's), opened
+        once: the engine reads the team's passphrase there, and gc the engines' locks."""
+        return state_store(self.profile)
+
+    @cached_property
     def engine(self) -> Engine:
         """The engine of the profile's state backend, imported on first use; a state in a
         bucket (a team's) comes with the team's passphrase."""
         from dstack.stacks.engine import Engine
 
-        store = state_store(self.profile)
+        store = self.bucket_state
         if store is None:
             return Engine(self.home, self.profile.state_url)
         copy = passphrase_copy(self.home, store.url)
@@ -120,7 +127,7 @@ class RunStacks:
         folder = state_folder(self.home, self.profile.state_url)
         if folder:
             return clear_stale_locks(folder, PROJECT_NAME)
-        store = state_store(self.profile)
+        store = self.bucket_state
         if store is None:
             return []
         return clear_stale_bucket_locks(store, duration_setting(self.profile, "lock_timeout"),
