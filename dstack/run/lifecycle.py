@@ -238,19 +238,21 @@ def end_unfinished(ctx: Context, run_name: str) -> None:
         update_run(ctx.store, run_name, status=Status.FAILED.value, message=message)
 
 
-def reconcile(ctx: Context, say: Say = quiet,
-              failed: list[str] | None = None) -> list[str]:
+def reconcile(ctx: Context, say: Say = quiet, failed: list[str] | None = None,
+              elsewhere: list[RunRecord] | None = None) -> list[str]:
     """Tear down every run that finished (or whose runner or CLI died); return their names.
 
     A run whose stack cannot be destroyed now is reported through `say` and appended to
     `failed`, and the others go on: housekeeping never blocks the command that does it.
+    Live runs another machine started, left alone, are appended to `elsewhere`.
     """
     done = []
     for doc in unsettled_docs(ctx.store, ctx.listing_cache):  # a settled run is never read
         run = RunRecord.model_validate(doc)
-        if needs_teardown(ctx, run):
-            if not _try_teardown(ctx, run.name, say, failed):
-                continue
+        if not needs_teardown(ctx, run):
+            if elsewhere is not None and not run.torn_down and not on_this_host(run):
+                elsewhere.append(run)
+        elif _try_teardown(ctx, run.name, say, failed):
             done.append(run.name)
             end_unfinished(ctx, run.name)
     return done
@@ -323,17 +325,17 @@ def gc(ctx: Context, say: Say = quiet) -> GcReport:
     for stack in report.locks:
         say(f"cleared a stale lock on stack {stack}")
     failed = report.failed
-    report.torn_down = reconcile(ctx, say, failed)
+    alive_elsewhere: list[RunRecord] = []
+    report.torn_down = reconcile(ctx, say, failed, alive_elsewhere)
     runs = {r["name"]: RunRecord.model_validate(r) for r in run_docs(ctx.store)}
-    for live in runs.values():
-        if not live.torn_down and not on_this_host(live) and not needs_teardown(ctx, live):
-            report.elsewhere.append(live.name)
-            beat = int(time.time() - last_beat(ctx, live))
-            state = (f"its runner beat {beat}s ago" if live.status in
-                     (Status.RUNNING, Status.UPLOADING) else f"it is {live.status.value}")
-            say(f"run {live.name} of {live.owner or 'an unknown owner'} (started on "
-                f"{live.submitter.get('host', 'another machine')}) is alive: {state}; "
-                "left alone")
+    for live in alive_elsewhere:
+        report.elsewhere.append(live.name)
+        beat = int(time.time() - last_beat(ctx, live))
+        state = (f"its runner beat {beat}s ago" if live.status in
+                 (Status.RUNNING, Status.UPLOADING) else f"it is {live.status.value}")
+        say(f"run {live.name} of {live.owner or 'an unknown owner'} (started on "
+            f"{live.submitter.get('host', 'another machine')}) is alive: {state}; "
+            "left alone")
     try:
         stacks = ctx.backend.stacks()
     except BackendError as exc:
