@@ -112,13 +112,19 @@ how old a runner's last heartbeat must be before its run counts as gone (from an
 and how old another machine's engine lock must be before it may be cleared."""
 
 
+def _positive_s(value: object) -> float | None:
+    """Seconds of a duration setting's value; None unless it is a duration over zero."""
+    seconds = duration_s(value)
+    return seconds if seconds is not None and seconds > 0 else None
+
+
 def duration_setting(profile: Profile, key: str) -> float:
     """The duration setting `key` of `profile` in seconds (its default when unset)."""
     value = profile.settings.get(key)
     if value in (None, ""):
         return DURATIONS[key]
-    seconds = duration_s(value)
-    if seconds is None or seconds <= 0:
+    seconds = _positive_s(value)
+    if seconds is None:
         raise UsageError(f"profile {profile.name!r}: {key} {value!r} is not a duration",
                          f"For example: `dstack config set {profile.name} {key} 5m`.")
     return seconds
@@ -138,7 +144,7 @@ def set_setting(home: Path, name: str, key: str, value: str | None) -> Profile:
         raise UsageError(f"{key} is where profile {name!r} keeps its runs; it is not changed "
                          "in place", f"Add the profile again: `dstack config add "
                          f"{profile.backend} {name} ...`.")
-    if key in DURATIONS and value is not None and not (duration_s(value) or 0) > 0:
+    if key in DURATIONS and value is not None and _positive_s(value) is None:
         raise UsageError(f"{key}: {value!r} is not a duration",
                          f"For example: `dstack config set {name} {key} 5m`.")
     if key in SIZES and value is not None:
