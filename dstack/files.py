@@ -52,18 +52,12 @@ def copy_whole(src: Path, path: Path) -> None:
         st = os.fstat(src_fd)
         if not S_ISREG(st.st_mode):
             raise FileNotFoundError(errno.ENOENT, "not a regular file", str(src))
-        tmp = temp_beside(path)
-        out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        try:
+        with replacing(path) as tmp:
+            out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             try:
                 copy_fd(src_fd, out_fd, st.st_size)
             finally:
                 os.close(out_fd)
-            os.replace(tmp, path)
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(tmp)
-            raise
     finally:
         os.close(src_fd)
 
