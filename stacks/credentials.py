@@ -39,7 +39,7 @@ def check_aws(settings: Mapping[str, str]) -> dict[str, str]:
     return {"account": str(ident["Account"]), "arn": str(ident["Arn"])}
 
 
-def _gcp_credentials(settings: Mapping[str, str], fix: str,
+def gcp_credentials(settings: Mapping[str, str], fix: str,
                      scopes: list[str] | None = None) -> object:
     """The profile's GCP credentials: its key file (`credentials`), else the
     application-default ones; a UsageError with `fix` when there are none usable."""
@@ -62,7 +62,7 @@ def gcp_account(settings: Mapping[str, str]) -> str:
     application-default credentials (which name no account), `<local user> (gcloud)`."""
     import getpass
 
-    creds = _gcp_credentials(settings, "Run `gcloud auth application-default login`, or add "
+    creds = gcp_credentials(settings, "Run `gcloud auth application-default login`, or add "
                                        "the profile again with --credentials FILE.")
     email = getattr(creds, "service_account_email", None)
     return str(email) if email else f"{getpass.getuser()} (gcloud)"
@@ -75,7 +75,7 @@ def check_gcp(settings: Mapping[str, str]) -> dict[str, str]:
     from google.cloud import storage
 
     project = settings["project"]
-    creds = _gcp_credentials(settings, "Run `gcloud auth application-default login`, or pass "
+    creds = gcp_credentials(settings, "Run `gcloud auth application-default login`, or pass "
                                        "--credentials FILE (a service account key).",
                              scopes=["https://www.googleapis.com/auth/cloud-platform"])
     try:

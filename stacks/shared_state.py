@@ -98,7 +98,11 @@ def _create_gcs_bucket(bucket: str, settings: Mapping[str, str]) -> None:
     from google.api_core import exceptions as api_exc
     from google.cloud import storage
 
-    client = storage.Client(project=settings["project"])
+    from dstack.stacks.credentials import gcp_credentials
+
+    creds = gcp_credentials(settings, "Pass --credentials FILE (a service account key), or "
+                                      "run `gcloud auth application-default login`.")
+    client = storage.Client(project=settings["project"], credentials=creds)
     found = client.bucket(bucket)
     found.iam_configuration.uniform_bucket_level_access_enabled = True
     found.iam_configuration.public_access_prevention = "enforced"
