@@ -25,7 +25,8 @@ def quiet(_msg: str) -> None:
 def use_key_file(profile: Profile) -> None:
     """A gcp profile's service-account key (`--credentials`) becomes this process's
     application-default credentials, which its GCS store client (and the engine) read: the
-    key the profile names, not whatever else the machine is logged in as."""
+    key the profile names, not whatever else the machine is logged in as. A context sets it
+    when it is made."""
     key = profile.settings.get("credentials") if profile.backend == "gcp" else None
     if key:
         os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(key)
@@ -37,6 +38,9 @@ class Context:
 
     profile: Profile
     home: Path = field(default_factory=dstack_home)
+
+    def __post_init__(self) -> None:
+        use_key_file(self.profile)  # before anything of the profile's reads credentials
 
     @classmethod
     def open(cls, profile_name: str | None = None) -> Context:
@@ -62,7 +66,6 @@ class Context:
         then the store is an empty view that refuses writes (`PendingStore`), so reading
         commands and `--dry-run` create nothing.
         """
-        use_key_file(self.profile)
         store = open_store(store_url(self.profile, self.home))
         if self.profile.backend == "local" or \
                 workspace_record(self.home, self.profile).exists() or store.available():
