@@ -8,7 +8,8 @@ b. the official installer, with a short time-out (works on a machine with intern
 c. a build from Go modules through the Go module proxy, from a throw-away wrapper module.
 
 The engine lives outside the repository, in `<dstack home>/engine/<version>/bin`, beside
-the dynamic-provider launcher `pulumi-resource-pulumi-python`.
+the dynamic-provider launcher `pulumi-resource-pulumi-python`, which starts dstack's lean host
+of the local resources (`provider_host`) instead of the SDK's.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ PKG_MODULE = "github.com/pulumi/pulumi/pkg/v3"
 SDK_MODULE = "github.com/pulumi/pulumi/sdk/v3"
 OFFICIAL_TIMEOUT_S = 60
 LAUNCHER_NAME = "pulumi-resource-pulumi-python"
-LAUNCHER = '#!/bin/sh\nexec "${PULUMI_PYTHON_CMD:-python3}" -u -m pulumi.dynamic "$@"\n'
+LAUNCHER = ('#!/bin/sh\n'
+            'exec "${PULUMI_PYTHON_CMD:-python3}" -u -m dstack.stacks.provider_host "$@"\n')
 
 
 def engine_root(home: Path | None = None, version: str = PULUMI_VERSION) -> Path:
@@ -100,9 +102,11 @@ def _installed_in(bin_dir: Path, version: str, check: bool) -> bool:
 
 
 def write_launcher(bin_dir: Path) -> None:
-    """Put the dynamic-provider launcher beside the engine unless one is already there."""
+    """Put the dynamic-provider launcher beside the engine, replacing an older one (or a link
+    to Pulumi's own, which starts the SDK's slower host of the same resources)."""
     path = bin_dir / LAUNCHER_NAME
-    if not path.exists():
+    if path.is_symlink() or not path.exists() or path.read_text() != LAUNCHER:
+        path.unlink(missing_ok=True)
         with replacing(path) as tmp:
             tmp.write_text(LAUNCHER)
             tmp.chmod(0o755)
@@ -136,9 +140,6 @@ def try_path(bin_dir: Path, version: str) -> bool:
     target = bin_dir / "pulumi"
     target.unlink(missing_ok=True)
     target.symlink_to(Path(found).resolve())
-    sibling = Path(found).resolve().parent / LAUNCHER_NAME
-    if sibling.exists() and not (bin_dir / LAUNCHER_NAME).exists():
-        (bin_dir / LAUNCHER_NAME).symlink_to(sibling)
     _say(f"using pulumi {'.'.join(map(str, have))} from {found}")
     return True
 
@@ -256,6 +257,7 @@ def ensure_engine(home: Path | None = None, version: str = PULUMI_VERSION) -> Pa
         _say(f"pulumi {version}: using the engine of {default_home()} ({shared})")
     with _install_lock(root):
         if is_installed(home, version, check=True):
+            write_launcher(bin_dir)
             (bin_dir / STAMP).write_text(version + "\n")
             _say(f"pulumi {version} already installed in {bin_dir}")
             return bin_dir

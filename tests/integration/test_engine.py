@@ -5,15 +5,18 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pulumi
 import pytest
 
 from dstack.errors import NotFoundError
 from dstack.home import default_home
+from dstack.procs import process_alive
 from dstack.stacks.engine import PROJECT_YAML, Engine
-from dstack.stacks.engine_install import PULUMI_VERSION, engine_root, find_engine
-from dstack.stacks.local_resources import Folder
+from dstack.stacks.engine_install import LAUNCHER, PULUMI_VERSION, engine_root, find_engine
+from dstack.stacks.local_resources import Folder, RunnerProcess
 
 from .harness import Dstack, write_project
 
@@ -101,3 +104,77 @@ def test_a_home_without_an_engine_uses_the_default_homes(tmp_path: Path) -> None
     assert "using the engine of" in engine.stderr
     assert (dstack.home / "engine" / PULUMI_VERSION).resolve() == \
         engine_root(default_home()).resolve()
+
+
+SDK_LAUNCHER = '#!/bin/sh\nexec "${PULUMI_PYTHON_CMD:-python3}" -u -m pulumi.dynamic "$@"\n'
+"""What Pulumi's own launcher runs: the SDK's host, which unpickles `local_resources`."""
+
+
+def _own_engine(home: Path) -> Path:
+    """Give `home` an engine folder of its own (the installed engine, linked) so that its
+    dynamic-provider launcher can be swapped; its launcher path."""
+    installed = find_engine(default_home())
+    assert installed is not None
+    link = home / "engine" / PULUMI_VERSION
+    link.unlink()
+    bin_dir = link / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "pulumi").symlink_to(installed / "pulumi")
+    (bin_dir / ".installed").write_text(PULUMI_VERSION + "\n")
+    return bin_dir / "pulumi-resource-pulumi-python"
+
+
+def _use(launcher: Path, text: str) -> None:
+    launcher.write_text(text)
+    launcher.chmod(0o755)
+
+
+def _runner_program(workdir: Path) -> Callable[[], None]:
+    def program() -> None:
+        folder = Folder("workspace", str(workdir))
+        runner = RunnerProcess("runner", folder.id, "#!/bin/bash\nexec sleep 300\n",
+                               opts=pulumi.ResourceOptions(depends_on=[folder]))
+        pulumi.export("pid", runner.pid)
+        pulumi.export("start_ticks", runner.start_ticks)
+    return program
+
+
+def test_the_engine_starts_dstacks_provider_host(home: Path, tmp_path: Path) -> None:
+    installed = find_engine(home)
+    assert installed is not None
+    assert (installed / "pulumi-resource-pulumi-python").read_text() == LAUNCHER
+    workdir = tmp_path / "run-workdir"
+    engine = Engine(home)
+    program = _runner_program(workdir)
+    outputs, created = engine.up("host-check", program)
+    assert sorted(c.name for c in created) == ["runner", "workspace"]
+    pid, ticks = outputs["pid"], outputs["start_ticks"]
+    assert isinstance(pid, int) and isinstance(ticks, int)
+    assert process_alive(pid, ticks)
+    assert (workdir / "bootstrap.sh").stat().st_mode & 0o777 == 0o700
+    deleted = engine.destroy("host-check", program)
+    assert sorted(c.name for c in deleted) == ["runner", "workspace"]
+    assert not process_alive(pid, ticks)
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("first,second", [(SDK_LAUNCHER, LAUNCHER), (LAUNCHER, SDK_LAUNCHER)],
+                         ids=["sdk-then-dstack", "dstack-then-sdk"])
+def test_either_host_tears_down_what_the_other_made(home: Path, tmp_path: Path,
+                                                    first: str, second: str) -> None:
+    # A home upgraded between a run's `up` and its `destroy` (or an engine whose launcher is
+    # Pulumi's own) still ends the run: both hosts serve the same resources.
+    launcher = _own_engine(home)
+    workdir = tmp_path / "run-workdir"
+    engine = Engine(home)
+    program = _runner_program(workdir)
+    _use(launcher, first)
+    outputs, _ = engine.up("mixed-hosts", program)
+    pid, ticks = int(str(outputs["pid"])), int(str(outputs["start_ticks"]))
+    assert process_alive(pid, ticks)
+    _use(launcher, second)
+    engine.destroy("mixed-hosts", program)
+    assert not process_alive(pid, ticks)
+    assert not workdir.exists()
+    assert [(h.kind, h.result) for h in engine.history("mixed-hosts")] == [
+        ("update", "succeeded"), ("destroy", "succeeded")]
