@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime, timezone
-from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,31 +18,12 @@ from dstack.json_types import JsonDoc
 from dstack.names import did_you_mean, run_name_candidates
 from dstack.run.billing import Billing
 from dstack.run.job import Job
+from dstack.run.status import TERMINAL as TERMINAL  # re-exported
+from dstack.run.status import Status as Status  # re-exported
 from dstack.store.base import Store
 from dstack.store.keys import RUNS, run_key
 
 SCHEMA_VERSION = 1
-
-
-class Status(str, Enum):
-    """Where a run is in its life."""
-
-    SUBMITTED = "submitted"
-    PROVISIONING = "provisioning"
-    RUNNING = "running"
-    UPLOADING = "uploading"
-    DONE = "done"
-    FAILED = "failed"
-    STOPPED = "stopped"
-    ABORTED = "aborted"
-
-    @property
-    def finished(self) -> bool:
-        """True for the statuses a run never leaves."""
-        return self in TERMINAL
-
-
-TERMINAL = frozenset({Status.DONE, Status.FAILED, Status.STOPPED, Status.ABORTED})
 
 
 def now() -> str:

@@ -1,5 +1,9 @@
 """What is left of a run whose runner is gone: its artifacts are saved from its workspace and
-the run ends, failed, if it had not ended (called as the run's compute is torn down)."""
+the run ends, failed, if it had not ended (called as the run's compute is torn down).
+
+A run that ended — every run whose runner finished its job — is told from its document's
+status alone, so tearing it down loads neither the record's model nor the sync code.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,9 @@ import contextlib
 from pathlib import Path
 
 from dstack.errors import DstackError, StoreError
-from dstack.run.record import Status, load_run, update_run
-from dstack.store.artifact_sync import ArtifactSync
+from dstack.run.status import Status
 from dstack.store.base import open_store
-from dstack.store.job_log import LogShipper
+from dstack.store.keys import run_key
 
 
 def salvage(store_url: str, run_name: str, workdir: Path) -> None:
@@ -20,6 +23,15 @@ def salvage(store_url: str, run_name: str, workdir: Path) -> None:
     lost machine still leaves its artifacts and a terminal status behind.
     """
     store = open_store(store_url)
+    try:
+        if Status(store.get_json(run_key(run_name)).get("status")).finished:
+            return
+    except (DstackError, ValueError):
+        return
+    from dstack.run.record import load_run, update_run  # here: only an unfinished run
+    from dstack.store.artifact_sync import ArtifactSync
+    from dstack.store.job_log import LogShipper
+
     try:
         run = load_run(store, run_name)
     except DstackError:
