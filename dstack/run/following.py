@@ -28,15 +28,18 @@ class Cursor:
 
 
 def follow(ctx: Context, run_name: str, write: WriteLog, say: Say = quiet,
-           poll_s: float = 0.2, until_finished: bool = True, cursor: Cursor | None = None,
+           poll_s: float | None = None, until_finished: bool = True,
+           cursor: Cursor | None = None,
            interrupted: Callable[[], bool] = lambda: False) -> RunRecord:
     """Stream the run's log records to `write` (and status changes and app URLs to `say`).
 
     Returns when the run has finished (or at once after the current log when
     `until_finished` is false), when its runner is gone, or when `interrupted()` says so.
-    `cursor` keeps the position across calls.
+    `cursor` keeps the position across calls. It looks every `poll_s` (default: what the
+    run's store says, `Store.poll_s`).
     """
     at = cursor or Cursor()
+    poll_s = ctx.store.poll_s if poll_s is None else poll_s
     while True:
         write_new_records(ctx, run_name, at, write)
         run = load_run(ctx.store, run_name)

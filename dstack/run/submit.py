@@ -346,7 +346,7 @@ class _EarlyOutput:
         self._thread.start()
 
     def _loop(self, name: str) -> None:
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(self.ctx.store.poll_s):
             write_new_records(self.ctx, name, self.cursor, self.write)
 
     def stop(self) -> None:

@@ -32,6 +32,8 @@ class Store(ABC):
     """Objects under string keys, plus JSON helpers shared by every store."""
 
     url: str
+    poll_s: float = 0.2
+    """How often a follower reads a run's documents here (each read is a request)."""
 
     @classmethod
     def from_url(cls, url: str) -> Store:

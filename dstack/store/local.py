@@ -25,6 +25,10 @@ the coarsest timestamps (some file systems keep seconds, or two) and some clock 
 class LocalStore(Store):
     """A store in a folder on this machine (the local backend's)."""
 
+    poll_s = 0.05
+    """Reading a run's documents here costs a few file reads: a job's end and its first
+    output reach a follower within 50 ms."""
+
     @classmethod
     def from_url(cls, url: str) -> LocalStore:
         """`file:///path/to/folder`."""
