@@ -44,15 +44,66 @@ class _TagEntry(TypedDict):
     doc: JsonDoc
 
 
-class _Cache(TypedDict, total=False):
-    """The cache file: of which store, the settled runs (`LISTED` fields), the tags and the
-    tags folder's token when they were listed (None: the store has none)."""
+_SECTIONS = ("tags", "runs")
+"""The cache's large parts, each written on a line of its own in this order (the file is still
+one JSON document): a command parses only the parts it reads (`tags list` not the runs)."""
+_Head = dict[str, object]
+"""The cache file's small part: `version`, `store`, `tags_at` (the tags folder's token when
+the tags were listed; None: the store has none) and `settled`, the names of the runs."""
 
-    version: int
-    store: str
-    runs: dict[str, JsonDoc]
-    tags: dict[str, _TagEntry]
-    tags_at: str | None
+
+class _File:
+    """The cache file as read: its head at once, each section (settled runs with their
+    `LISTED` fields, tag entries) parsed the first time it is read."""
+
+    def __init__(self, head: _Head, raw: dict[str, bytes],
+                 parsed: dict[str, dict[str, object]], *, relayout: bool = False) -> None:
+        self.head = head
+        self._raw = raw
+        self._parsed = parsed
+        self.relayout = relayout
+        """Written by an older dstack (on one line, or without `settled`): to be written
+        again."""
+
+    def section(self, name: str) -> dict[str, object]:
+        """The section `name` (empty when missing). One that does not parse is empty, and the
+        tags are then listed again (`tags_at` forgotten)."""
+        if name not in self._parsed:
+            raw = self._raw.pop(name, b"{}")
+            try:
+                with _no_gc():
+                    doc = json.loads(raw)
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict):  # listed again: the tags, the runs
+                doc, self.head["tags_at"] = {}, None
+                self.head.pop("settled", None)
+            self._parsed[name] = doc
+        return self._parsed[name]
+
+    def settled_names(self) -> set[str]:
+        """The runs the cache holds (all settled): told by the head, without the runs."""
+        names = self.head.get("settled")
+        if "runs" in self._parsed or not isinstance(names, list):
+            return set(self.section("runs"))
+        return set(names)
+
+    def but(self, head: _Head, sections: dict[str, dict[str, object]]) -> _File:
+        """This file with another head and these sections."""
+        return _File(head, {n: r for n, r in self._raw.items() if n not in sections},
+                     {**{n: d for n, d in self._parsed.items() if n not in sections},
+                      **sections})
+
+    def text(self, name: str) -> bytes:
+        """The section `name` as JSON: as read when it was not parsed."""
+        raw = self._raw.get(name)
+        if raw is not None:
+            return raw
+        return json.dumps(self._parsed.get(name, {}), separators=(",", ":")).encode()
+
+
+def _empty() -> _File:
+    return _File({}, {}, {})
 
 
 class RunSummary(TypedDict):
@@ -76,7 +127,7 @@ class RunSummary(TypedDict):
     cost: float | None
 
 
-_loaded: dict[Path, _Cache] = {}
+_loaded: dict[Path, _File] = {}
 
 
 def settled(doc: Mapping[str, object]) -> bool:
@@ -97,26 +148,65 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _load(path: Path | None, store: Store) -> _Cache:
-    """The cache of `store` (empty when missing, unreadable or of another store)."""
-    if path is None:
-        return {}
-    if path not in _loaded:
+def _read(path: Path) -> _File:
+    """The cache file at `path` (empty when missing, unreadable or of another version): the
+    sections of one that `_save` wrote are left unparsed; one of another layout is parsed
+    whole."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return _empty()
+    lines = data.split(b"\n")
+    prefixes = [b'"%s":' % name.encode() for name in _SECTIONS]
+    if [line[:len(p)] for line, p in zip(lines[1:], prefixes, strict=False)] == prefixes and \
+            [line[-1:] for line in lines] == [b","] * len(_SECTIONS) + [b"}"]:
+        try:
+            head = json.loads(lines[0][:-1] + b"}")
+        except ValueError:
+            head = None
+        raw = {name: line[len(name) + 3:-1] for name, line in zip(_SECTIONS, lines[1:],
+                                                                  strict=True)}
+        parsed: dict[str, dict[str, object]] = {}
+    else:
         try:
             with _no_gc():
-                doc = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            doc = {}
-        ours = isinstance(doc, dict) and doc.get("version") == CACHE_VERSION
-        _loaded[path] = cast("_Cache", doc) if ours else {}  # of this version: as it was saved
+                head = json.loads(data)
+        except ValueError:
+            head = None
+        raw, parsed = {}, {}
+        if isinstance(head, dict):
+            parsed = {name: head.pop(name) for name in _SECTIONS
+                      if isinstance(head.get(name), dict)}
+    if not isinstance(head, dict) or head.get("version") != CACHE_VERSION:
+        return _empty()
+    return _File(head, raw, parsed, relayout=not raw or not isinstance(head.get("settled"), list))
+
+
+def _load(path: Path | None, store: Store) -> _File:
+    """The cache of `store` (empty when missing, unreadable or of another store)."""
+    if path is None:
+        return _empty()
+    if path not in _loaded:
+        _loaded[path] = _read(path)
     loaded = _loaded[path]
-    return loaded if loaded.get("store") == store.url else {}
+    return loaded if loaded.head.get("store") == store.url else _empty()
 
 
-def _save(path: Path | None, doc: _Cache) -> None:
-    if path is not None:
-        write_private(path, json.dumps(doc, separators=(",", ":")).encode())
-        _loaded[path] = doc
+def _save(path: Path | None, store: Store, kept: _File, tags_at: object,
+          **sections: dict[str, object]) -> None:
+    """Write the cache: `sections` new, the others as in `kept`."""
+    if path is None:
+        return
+    runs = sections["runs"] if "runs" in sections else kept.settled_names()
+    head: _Head = {"version": CACHE_VERSION, "store": store.url, "tags_at": tags_at,
+                   "settled": list(runs)}
+    text = json.dumps(head, separators=(",", ":")).encode()[:-1]
+    for name in _SECTIONS:
+        body = json.dumps(sections[name], separators=(",", ":")).encode() \
+            if name in sections else kept.text(name)
+        text += b',\n"%s":%s' % (name.encode(), body)
+    write_private(path, text + b"}")
+    _loaded[path] = kept.but(head, sections)
 
 
 def _listed(doc: JsonDoc) -> JsonDoc:
@@ -136,35 +226,44 @@ def run_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
 def unsettled_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
     """The documents of the runs that may still change, newest first: what housekeeping
     goes through (settled runs in the cache are not even looked at)."""
-    return _newest_runs([d for d in _current_runs(store, cache).values() if not settled(d)])
+    docs = _current_runs(store, cache, settled_too=False).values()
+    return _newest_runs([d for d in docs if not settled(d)])
 
 
 def _newest_runs(docs: list[JsonDoc]) -> list[JsonDoc]:
     return sorted(docs, key=lambda d: str(d.get("submitted_at", "")), reverse=True)
 
 
-def _current_runs(store: Store, cache: Path | None) -> dict[str, JsonDoc]:
-    """Run name → its document (settled ones from the cache); the cache saved if it
-    changed."""
+def _current_runs(store: Store, cache: Path | None, *,
+                  settled_too: bool = True) -> dict[str, JsonDoc]:
+    """Run name → its document, settled ones from the cache; without `settled_too`, only the
+    runs the cache does not hold (its runs are then not even parsed, unless it changes). The
+    cache is saved if it changed."""
     whole = _load(cache, store)
-    cached = whole.get("runs", {})
+    cached = cast("dict[str, JsonDoc]", whole.section("runs")) if settled_too else None
+    known = whole.settled_names()
+    names = store.list_dirs(RUNS)
     fresh: dict[str, JsonDoc] = {}
-    dirty = False
-    for name in store.list_dirs(RUNS):
-        doc = cached.get(name)
-        if doc is None or not settled(doc):
-            try:
-                doc = store.get_json(run_key(name))
-            except (NotFoundError, StoreError):
-                continue
-            if cache is not None and settled(doc):
-                doc = _listed(doc)
-                dirty = True
+    new: dict[str, JsonDoc] = {}
+    kept = 0
+    for name in names:
+        if name in known:
+            kept += 1
+            if cached is not None:
+                fresh[name] = cached[name]
+            continue
+        try:
+            doc = store.get_json(run_key(name))
+        except (NotFoundError, StoreError):
+            continue
+        if cache is not None and settled(doc):
+            doc = new[name] = _listed(doc)
         fresh[name] = doc
-    if dirty or len([n for n in cached if n in fresh]) != len(cached):
-        _save(cache, {"version": CACHE_VERSION, "store": store.url, "tags": whole.get("tags", {}),
-                      "tags_at": whole.get("tags_at"),
-                      "runs": {n: d for n, d in fresh.items() if settled(d)}})
+    if new or whole.relayout or kept != len(known):
+        runs = cast("dict[str, JsonDoc]", whole.section("runs"))
+        _save(cache, store, whole, whole.head.get("tags_at"),
+              runs={n: d for n in names
+                    if (d := runs.get(n) if n in known else new.get(n)) is not None})
     return fresh
 
 
@@ -194,12 +293,12 @@ def shown_runs(docs: list[JsonDoc], project: str | None, *, all_projects: bool =
 def tag_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
     """Every tag document, newest first (unchanged ones from the cache)."""
     whole = _load(cache, store)
-    cached = whole.get("tags", {})
+    cached = cast("dict[str, _TagEntry]", whole.section("tags"))
     at = store.folder_version(TAGS) if cache is not None else None  # before it is listed
-    if at is not None and whole.get("tags_at") == at:
+    if at is not None and whole.head.get("tags_at") == at:
         return _newest_first([e["doc"] for e in cached.values()])
     fresh: dict[str, _TagEntry] = {}
-    dirty = at != whole.get("tags_at")
+    dirty = at != whole.head.get("tags_at")
     for key, version in store.list_versions(TAGS).items():
         if tag_of(key) is None:
             continue
@@ -212,10 +311,7 @@ def tag_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
             dirty = True
         fresh[key] = entry
     if dirty or len(fresh) != len(cached):
-        whole = {**whole, "version": CACHE_VERSION, "store": store.url, "tags": fresh,
-                 "tags_at": at}
-        whole.setdefault("runs", {})
-        _save(cache, whole)
+        _save(cache, store, whole, at, tags=cast("dict[str, object]", fresh))
     return _newest_first([e["doc"] for e in fresh.values()])
 
 
@@ -225,19 +321,23 @@ def _newest_first(tags: list[JsonDoc]) -> list[JsonDoc]:
 
 def run_summary(doc: JsonDoc, tags: list[str], now: float) -> RunSummary:
     """A run as `dstack ps` shows it, from its document."""
-    start = doc.get("started_at") or doc.get("submitted_at")
-    duration = round(elapsed_s(start, doc.get("finished_at"), now), 1) if start else None
-    finished = doc.get("status") in _FINAL
-    host = (doc.get("instance") or {}).get("public_ip")
-    apps = [] if finished else [public_url(str(a["url"]), host) for a in doc.get("apps") or []]
-    job = doc.get("job") or {}
+    get = doc.get  # called for every listed run: each lookup counts
+    start = get("started_at") or get("submitted_at")
+    duration = round(elapsed_s(start, get("finished_at"), now), 1) if start else None
+    status = get("status")
+    if status in _FINAL:
+        apps = []
+    else:
+        host = (get("instance") or {}).get("public_ip")
+        apps = [public_url(str(a["url"]), host) for a in get("apps") or []]
+    job = get("job") or {}
     return {
-        "run": doc.get("name"), "workflow": doc.get("workflow") or "",
-        "project": doc.get("project"), "owner": doc.get("owner"),
-        "provider": doc.get("provider"), "status": doc.get("status"),
-        "submitted": doc.get("submitted_at"), "duration": duration,
-        "backend": doc.get("backend"), "tags": tags,
+        "run": get("name"), "workflow": get("workflow") or "",
+        "project": get("project"), "owner": get("owner"),
+        "provider": get("provider"), "status": status,
+        "submitted": get("submitted_at"), "duration": duration,
+        "backend": get("backend"), "tags": tags,
         "artifacts": [a["path"] for a in job.get("artifacts") or []], "apps": apps,
-        "exit_code": doc.get("exit_code"), "message": doc.get("message"),
-        "cost": run_cost(doc, now),
+        "exit_code": get("exit_code"), "message": get("message"),
+        "cost": run_cost(doc, now) if get("billing") else None,
     }

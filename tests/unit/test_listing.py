@@ -23,7 +23,7 @@ from dstack.run.listing import (
     tag_docs,
     unsettled_docs,
 )
-from dstack.run.tags import list_tags, tag_dumps
+from dstack.run.tags import list_tags, tag_dumps, tag_rows
 from dstack.store.base import JsonDoc
 from dstack.store.keys import TAGS, run_key, tag_key
 from dstack.store.local import LocalStore
@@ -305,3 +305,52 @@ def test_tags_are_validated_together_and_an_invalid_one_is_left_out(
         [t.model_dump(mode="json") for t in list_tags(store, cache)]
     store.put_json(tag_key("bad"), {"name": "bad", "created_at": "3", "unknown": 1})
     assert [t.name for t in list_tags(store, cache)] == ["v2", "v1"]
+
+
+@pytest.mark.parametrize("doc", [
+    {"name": "v3", "run": "done-3", "created_at": "3", "version": 1, "workflow": "train"},
+    {"name": "v3", "run": "done-3", "created_at": "3"},  # defaults filled in
+    {"name": "v3", "run": "done-3", "created_at": "3", "version": "2"},  # pydantic coerces
+    {"name": "v3", "run": "done-3", "created_at": "3", "version": True},
+    {"name": "v3", "run": "done-3", "created_at": "3", "workflow": 7},  # not a tag
+    {"name": "v3", "run": "done-3", "created_at": "3", "unknown": 1},
+    {"name": "v3", "created_at": "3"},
+])
+def test_tag_rows_are_the_dumps_of_the_valid_tags(doc: JsonDoc, store: CountingStore,
+                                                  cache: Path) -> None:
+    store.put_json(tag_key("v1"), {"name": "v1", "run": "done-1", "created_at": "1"})
+    store.put_json(tag_key("v3"), doc)
+    rows = tag_rows(store, cache)
+    assert rows == tag_dumps(list_tags(store, cache))
+    assert [list(r) for r in rows] == [["version", "name", "run", "workflow", "created_at"]] * \
+        len(rows)
+
+
+def test_a_cache_of_the_older_layout_is_used_and_written_again_in_sections(
+        store: CountingStore, cache: Path) -> None:
+    put_run(store, "done-1")
+    run_docs(store, cache)
+    doc = json.loads(cache.read_text())
+    del doc["settled"]
+    cache.write_text(json.dumps(doc))  # one line, as dstack wrote it before sections
+    new_process()
+    store.read.clear()
+    assert list(by_name(run_docs(store, cache))) == ["done-1"]
+    assert store.read == []  # the settled run came from the older cache
+    lines = cache.read_text().split("\n")
+    assert [line.split(":", 1)[0] for line in lines[1:]] == ['"tags"', '"runs"']
+    assert json.loads(cache.read_text())["settled"] == ["done-1"]
+
+
+def test_a_spoiled_runs_section_is_read_again_from_the_store(
+        store: CountingStore, cache: Path) -> None:
+    put_run(store, "done-1")
+    put_run(store, "done-2")
+    run_docs(store, cache)
+    head, tags, _runs = cache.read_text().split("\n")
+    cache.write_text("\n".join([head, tags, '"runs":{not json}']))
+    new_process()
+    store.read.clear()
+    assert sorted(by_name(run_docs(store, cache))) == ["done-1", "done-2"]
+    assert sorted(store.read) == [run_key("done-1"), run_key("done-2")]
+    assert sorted(json.loads(cache.read_text())["runs"]) == ["done-1", "done-2"]
