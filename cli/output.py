@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from typing import TYPE_CHECKING, TextIO, cast
 
 from dstack.lines import DSTACK, LineKeeper, Target
@@ -120,6 +120,28 @@ def print_json(doc: object) -> None:
         text = json.dumps(doc, indent=2, sort_keys=False, default=str)
     with _stdout_kept():
         print(text, flush=True)
+
+
+ROWS_AT_ONCE = 500
+"""How many rows `print_json_rows` encodes and writes at a time."""
+
+
+def print_json_rows(rows: Iterable[object]) -> None:
+    """A listing (`rows`) to stdout exactly as `print_json(list(rows))` writes it, written a
+    batch at a time as the rows come: the reader takes the first rows while the later ones
+    are made, instead of all of a large answer after the last one."""
+    it = iter(rows)
+    opening = "[\n"
+    with _stdout_kept():
+        while batch := list(islice(it, ROWS_AT_ONCE)):
+            text = _rows_json(batch) or json.dumps(batch, indent=2, default=str)
+            # Each is `[\n` + its rows at the first level of indentation + `\n]`, as they
+            # are in the whole list's.
+            sys.stdout.write(opening + text[2:-2])
+            sys.stdout.flush()
+            opening = ",\n"
+        sys.stdout.write("[]\n" if opening == "[\n" else "\n]\n")
+        sys.stdout.flush()
 
 
 _SEP = "\x00"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,6 +15,7 @@ from dstack.cli.options import (
     ProjectOpt,
     Yes,
     confirm,
+    gc_paused,
     open_context,
     project_folder,
 )
@@ -28,8 +30,12 @@ runs_app = typer.Typer()
 
 
 def _ago(ts: str) -> str:
-    """`ts` in local time, `%Y-%m-%d %H:%M:%S` (as isoformat writes it: twice as fast)."""
-    return datetime.fromisoformat(ts).astimezone().isoformat(" ", "seconds")[:19]
+    """`ts` in local time, `%Y-%m-%d %H:%M:%S`: as `astimezone().isoformat(" ", "seconds")`
+    writes it, through `time.localtime` when `ts` has an offset (twice as fast)."""
+    when = datetime.fromisoformat(ts)
+    if when.tzinfo is None or when.year < 1000:  # local already; a year strftime won't pad
+        return when.astimezone().isoformat(" ", "seconds")[:19]
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when.timestamp()))
 
 
 def _touched(update: AuditEntry) -> str:
@@ -156,8 +162,6 @@ def ps(
     json_out: JsonOpt = False,
 ) -> None:
     """List the project's runs: unfinished ones and the 10 most recent (all with -a)."""
-    import time
-
     from dstack.durations import format_elapsed
     from dstack.run.billing import format_cost
     from dstack.run.listing import run_docs, run_summary, shown_runs
@@ -166,41 +170,43 @@ def ps(
     from dstack.run.tags import tags_of
 
     ctx = open_context(profile)
-    if run_name:
-        docs = [load_run(ctx.store, run_name).model_dump(mode="json")]
-    else:
-        every = run_docs(ctx.store, ctx.listing_cache)
-        if mine:
-            me = ctx.backend.identity()
-            every = [d for d in every if d.get("owner") == me]
-        here = None if all_projects else project_of(project_folder(project))
-        docs = shown_runs(every, here, all_projects=all_projects, all_runs=all_runs)
-        if not docs and every and not all_projects:
-            output.say(f"no runs of this project ({here}); `dstack ps -a --all-projects` "
-                       f"lists the {len(every)} run(s) of other projects")
-    tags = tags_of(ctx.store, ctx.listing_cache)
-    now = time.time()
-    rows = [run_summary(d, tags.get(d["name"], []), now) for d in docs]
-    if json_out:
-        output.print_json(rows)
-        return
-    cols = ["RUN", "WORKFLOW", *(["PROJECT"] if all_projects else []), "PROVIDER",
-            "STATUS", "OWNER", "SUBMITTED", "DURATION", "COST", "BACKEND", "TAGS",
-            "ARTIFACTS"]
-    if any(r["apps"] for r in rows):
-        cols.append("APPS")
-    output.table(cols, [
-        [str(r["run"]), str(r["workflow"]),
-         *([project_label(r["project"])] if all_projects else []),
-         str(r["provider"]), str(r["status"]), _owner(r["owner"]),
-         _ago(str(r["submitted"])),
-         format_elapsed(r["duration"]), format_cost(r["cost"]), str(r["backend"]),
-         ", ".join(r["tags"]),
-         ", ".join(r["artifacts"]), *([" ".join(r["apps"])] if "APPS" in cols else [])]
-        for r in rows
-    ])
-    if run_name and rows[0]["message"]:  # one run: why it ended the way it did
-        print(f"message: {rows[0]['message']}")
+    with gc_paused():  # tens of thousands of rows: no cycles among them
+        if run_name:
+            docs = [load_run(ctx.store, run_name).model_dump(mode="json")]
+        else:
+            every = run_docs(ctx.store, ctx.listing_cache)
+            if mine:
+                me = ctx.backend.identity()
+                every = [d for d in every if d.get("owner") == me]
+            here = None if all_projects else project_of(project_folder(project))
+            docs = shown_runs(every, here, all_projects=all_projects, all_runs=all_runs)
+            if not docs and every and not all_projects:
+                output.say(f"no runs of this project ({here}); `dstack ps -a --all-projects` "
+                           f"lists the {len(every)} run(s) of other projects")
+        tags = tags_of(ctx.store, ctx.listing_cache)
+        now = time.time()
+        summaries = (run_summary(d, tags.get(d["name"], []), now) for d in docs)
+        if json_out:
+            output.print_json_rows(summaries)  # written as they are made
+            return
+        rows = list(summaries)
+        cols = ["RUN", "WORKFLOW", *(["PROJECT"] if all_projects else []), "PROVIDER",
+                "STATUS", "OWNER", "SUBMITTED", "DURATION", "COST", "BACKEND", "TAGS",
+                "ARTIFACTS"]
+        if any(r["apps"] for r in rows):
+            cols.append("APPS")
+        output.table(cols, [
+            [str(r["run"]), str(r["workflow"]),
+             *([project_label(r["project"])] if all_projects else []),
+             str(r["provider"]), str(r["status"]), _owner(r["owner"]),
+             _ago(str(r["submitted"])),
+             format_elapsed(r["duration"]), format_cost(r["cost"]), str(r["backend"]),
+             ", ".join(r["tags"]),
+             ", ".join(r["artifacts"]), *([" ".join(r["apps"])] if "APPS" in cols else [])]
+            for r in rows
+        ])
+        if run_name and rows[0]["message"]:  # one run: why it ended the way it did
+            print(f"message: {rows[0]['message']}")
 
 
 def _owner(owner: str | None) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dstack.cli import output
-from dstack.cli.options import JsonOpt, Profile, Yes, confirm, open_context
+from dstack.cli.options import JsonOpt, Profile, Yes, confirm, gc_paused, open_context
 
 tags_app = typer.Typer(help="Name runs so that workflows and people reuse their artifacts.",
                        no_args_is_help=True)
@@ -47,15 +47,16 @@ def add_cmd(
 @tags_app.command("list")
 def list_cmd(profile: Profile = None, json_out: JsonOpt = False) -> None:
     """List tags."""
-    from dstack.run.tags import list_tags, tag_dumps
+    from dstack.run.tags import tag_rows
 
     ctx = open_context(profile)
-    tags = list_tags(ctx.store, ctx.listing_cache)
-    if json_out:
-        output.print_json(tag_dumps(tags))
-        return
-    output.table(["TAG", "RUN", "WORKFLOW", "CREATED"],
-                 [[t.name, t.run, t.workflow or "", t.created_at] for t in tags])
+    with gc_paused():  # tens of thousands of rows: no cycles among them
+        tags = tag_rows(ctx.store, ctx.listing_cache)
+        if json_out:
+            output.print_json_rows(tags)
+            return
+        output.table(["TAG", "RUN", "WORKFLOW", "CREATED"],
+                     [[t["name"], t["run"], t["workflow"] or "", t["created_at"]] for t in tags])
 
 
 @tags_app.command("delete")

@@ -8,6 +8,7 @@ from datetime import datetime
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_parse = datetime.fromisoformat
 
 
 def duration_s(value: object) -> float | None:
@@ -20,8 +21,9 @@ def duration_s(value: object) -> float | None:
 def elapsed_s(start: str, end: str | None, now: float) -> float:
     """Seconds from `start` to `end` (ISO 8601 times), or to `now` (epoch seconds) when
     there is no end yet; never negative."""
-    t1 = datetime.fromisoformat(end).timestamp() if end else now
-    return max(0.0, t1 - datetime.fromisoformat(start).timestamp())
+    t1 = _parse(end).timestamp() if end else now
+    seconds = t1 - _parse(start).timestamp()
+    return seconds if seconds > 0.0 else 0.0  # max(0.0, ...) without its call: per listed run
 
 
 def format_elapsed(seconds: float | None) -> str:

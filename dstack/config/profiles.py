@@ -32,7 +32,9 @@ class Profile(BaseModel):
                               description="Backend settings (region, bucket, ...).")
 
 
-LOCAL = Profile(name="local", backend="local")
+LOCAL = Profile.model_construct(name="local", backend="local")
+"""The built-in profile (constructed, not validated: a command of a home without a config file
+builds no validator, and pydantic does not look for its plugins)."""
 
 
 def config_path(home: Path) -> Path:

@@ -62,3 +62,38 @@ def test_anything_else_is_written_the_usual_way(doc: Any,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     output.print_json(doc)
     assert capsys.readouterr().out == json.dumps(doc, indent=2, default=str) + "\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(listings(), st.integers(min_value=1, max_value=3))
+def test_a_listing_written_in_batches_is_what_print_json_writes(
+        rows: list[dict[str, Any]], at_once: int) -> None:
+    written: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(output, "ROWS_AT_ONCE", at_once)
+        mp.setattr(output.sys, "stdout", _Collect(written))
+        output.print_json_rows(iter(rows))
+    assert "".join(written) == json.dumps(rows, indent=2, default=str) + "\n"
+
+
+class _Collect:
+    """A stdout that keeps what is written."""
+
+    def __init__(self, into: list[str]) -> None:
+        self.into = into
+
+    def write(self, text: str) -> int:
+        self.into.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("rows", [[], [{}], [{"a": 1}, {"b": [1]}, {"a": {"b": 1}}, [1], 2]])
+def test_batches_of_other_rows_are_written_the_usual_way(
+        rows: list[Any], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(output, "ROWS_AT_ONCE", 2)
+    output.print_json_rows(rows)
+    assert capsys.readouterr().out == json.dumps(rows, indent=2, default=str) + "\n"
