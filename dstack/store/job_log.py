@@ -100,7 +100,9 @@ class LogShipper:
 
     With `eager_s`, output that comes after a quiet spell of at least `eager_s` is shipped at
     once by `write` (the first line of a job reaches its follower without waiting for the next
-    periodic `flush`); steady output still goes in chunks, at most one per `eager_s`.
+    periodic `flush`), and so is output that ends a line the last chunk left open (Python's
+    unbuffered `print` writes a line's text and its newline apart); steady output still goes
+    in chunks, at most one per `eager_s`.
     `local_copy` gets the log as one text whose lines stay whole (`dstack.lines`).
     """
 
@@ -115,6 +117,7 @@ class LogShipper:
         self._flush_lock = threading.Lock()
         self._seq = len(store.list(log_prefix(run)))
         self._last_ship: float | None = None  # never shipped (monotonic time counts from boot)
+        self._line_open = False  # the last chunk shipped ends inside a line
         self._hidden: list[bytes] = []
         self._copy_lines = LineKeeper()
 
@@ -134,7 +137,8 @@ class LogShipper:
                 with open(self.local_copy, "ab") as f:
                     f.write(self._copy_lines.write(LOCAL_COPY, stream, data))
         if self.eager_s is not None and (self._last_ship is None or
-                                        time.monotonic() - self._last_ship >= self.eager_s):
+                                        time.monotonic() - self._last_ship >= self.eager_s
+                                        or (self._line_open and b"\n" in data)):
             with contextlib.suppress(StoreError):  # the next periodic flush retries, and says
                 self.flush()
 
@@ -157,3 +161,4 @@ class LogShipper:
                 raise
             self._seq += 1
             self._last_ship = time.monotonic()
+            self._line_open = not records[-1][1].endswith(b"\n")

@@ -36,6 +36,23 @@ def test_output_after_a_quiet_spell_is_shipped_at_once_and_steady_output_in_chun
     assert read_log_records(store, "r") == ([("out", b"first line\nsecond\nthird\n")], 2)
 
 
+def test_the_end_of_a_line_the_last_chunk_left_open_ships_at_once(tmp_path: Path) -> None:
+    # An unbuffered print writes the text, then the newline: the line is not left waiting.
+    store = LocalStore(tmp_path)
+    log = LogShipper(store, "r", eager_s=3600)
+    log.write(b"first line")
+    log.write(b"\n")
+    assert chunks(tmp_path) == ["00000000.log", "00000001.log"]
+    log.write(b"more")
+    log.write(b" output\n")  # the last chunk ended its line: this waits for a flush
+    assert chunks(tmp_path) == ["00000000.log", "00000001.log"]
+    log.write(b"progress 10%")
+    log.flush()
+    log.write(b"\rprogress 20%")  # no newline: a progress line ships with the steady output
+    assert len(chunks(tmp_path)) == 3
+    assert read_log_text(store, "r") == b"first line\nmore output\nprogress 10%"
+
+
 def test_the_first_output_ships_at_once_on_a_machine_booted_moments_ago(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(time, "monotonic", lambda: 5.0)  # the clock counts from boot
