@@ -34,7 +34,8 @@ from bench.stats import Section, Target, fmt
 
 RUN_TIMEOUT = 300.0
 OVERHEAD_TARGET_S = 2.0
-FIRST_OUTPUT_TARGET_S = 1.5
+FIRST_OUTPUT_TARGET_S = 1.0
+"""The second speed issue's target (the first one asked for 1.5 s)."""
 
 WORKFLOWS = """
 workflows:
