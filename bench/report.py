@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
+from pathlib import Path
 
 from bench.config import Config
 from bench.machine import Machine, meminfo_mib
 from bench.stats import Section, md_table, summary_row
 
 HEADERS = ["measurement", "median", "min", "max", "n", "target", "result"]
+SETUP = Path(__file__).with_name("SETUP.md")
+"""The set-up times of the README's commands (`bench/setup_times.sh`, about 25 min: not part
+of `make bench`), copied into every report."""
 
 LOAD_NOTE = """\
 ## What depends on load
@@ -72,6 +76,8 @@ def render(machine: Machine, cfg: Config, sections: list[Section], wall_s: float
             out += [f"- {note}"]
         if s.notes:
             out.append("")
+    if SETUP.exists():
+        out += [SETUP.read_text().strip(), ""]
     out += [LOAD_NOTE.format(cores=machine.cores)]
     return "\n".join(out)
 
