@@ -106,8 +106,7 @@ def write_launcher(bin_dir: Path) -> None:
     to Pulumi's own, which starts the SDK's slower host of the same resources)."""
     path = bin_dir / LAUNCHER_NAME
     if path.is_symlink() or not path.exists() or path.read_text() != LAUNCHER:
-        path.unlink(missing_ok=True)
-        with replacing(path) as tmp:
+        with replacing(path) as tmp:  # renamed over the old one: never a moment without
             tmp.write_text(LAUNCHER)
             tmp.chmod(0o755)
 
