@@ -223,9 +223,10 @@ def logs(
     profile: Profile = None,
 ) -> int:
     """Print a run's output: the job's stdout to stdout, its stderr and dstack's lines to
-    stderr. With -f, follow it to its end and exit with the run's exit code, as `dstack
-    run` does."""
+    stderr. With -f, follow it to its end, destroy its stack when no other dstack watches it
+    (a detached run), and exit with the run's exit code, as `dstack run` does."""
     from dstack.run.following import follow
+    from dstack.run.lifecycle import end_unfinished, needs_teardown, teardown
     from dstack.run.record import load_run
 
     ctx = open_context(profile)
@@ -234,6 +235,9 @@ def logs(
                    output.say if follow_ else lambda _m: None, until_finished=follow_)
     if not follow_:
         return 0
+    if needs_teardown(ctx, final):  # else the next command would: a GPU would wait for it
+        teardown(ctx, run_name, output.say)
+        end_unfinished(ctx, run_name)
     if not final.status.finished:
         output.say(f"the runner of {run_name} is gone before the run ended; "
                    f"`dstack ps {run_name}` shows what is known")

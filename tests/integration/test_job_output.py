@@ -116,9 +116,11 @@ def test_logs_follow_exits_with_the_runs_exit_code(dstack: Dstack) -> None:
     proc = dstack("logs", run, "-f", expect=3)
     assert proc.stdout == "leaving with 3\n"
     assert f"{run} failed: the job exited with 3" in proc.stderr
+    dstack.assert_torn_down(run)  # by `logs -f`: no later command is needed
     assert dstack("logs", run).returncode == 0  # printing a finished run's log succeeds
     ok = dstack.run_detached("talk")
     assert dstack("logs", ok, "-f").stdout == JOB_STDOUT
+    dstack.assert_torn_down(ok)
 
 
 @pytest.mark.timeout(180)
