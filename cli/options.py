@@ -42,14 +42,13 @@ def gc_paused() -> Iterator[None]:
     thousands of rows make no cycles, and collections while they pile up (each one walking
     the listed runs again) cost a tenth of the command. What is left is frozen, as in
     `open_context`, so that no collection walks it when the collector is back."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if was:
-            gc.enable()
+    from dstack.run.listing import no_gc
+
+    with no_gc():
+        try:
+            yield
+        finally:
+            gc.freeze()  # before the collector is back
 
 
 def project_folder(option: Path | None, *, job_starts_at_root: bool = False) -> Path:

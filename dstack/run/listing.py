@@ -71,7 +71,7 @@ class _File:
         if name not in self._parsed:
             raw = self._raw.pop(name, b"{}")
             try:
-                with _no_gc():
+                with no_gc():
                     doc = json.loads(raw)
             except ValueError:
                 doc = None
@@ -136,7 +136,7 @@ def settled(doc: Mapping[str, object]) -> bool:
 
 
 @contextmanager
-def _no_gc() -> Iterator[None]:
+def no_gc() -> Iterator[None]:
     """The garbage collector paused: parsing tens of thousands of documents makes no cycles,
     and collections while they pile up would add about a third to the time."""
     was = gc.isenabled()
@@ -169,7 +169,7 @@ def _read(path: Path) -> _File:
         parsed: dict[str, dict[str, object]] = {}
     else:
         try:
-            with _no_gc():
+            with no_gc():
                 head = json.loads(data)
         except ValueError:
             head = None
