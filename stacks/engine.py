@@ -51,6 +51,7 @@ from dstack.stacks.file_state import (
     state_url,
     unreadable_stacks,
 )
+from dstack.stacks.stack_files import create_stack, quick_state, remember_salt
 
 PROJECT_YAML = (
     "name: dstack\n"
@@ -94,6 +95,7 @@ class Engine:
         self.passphrase_file = passphrase_file or home / "secrets" / "pulumi-passphrase"
         self.extra_env = extra_env or {}
         self.output_dir = home / "pulumi" / "output"
+        self.salts_file = home / "pulumi" / "stack-salts.json"
         self._prepared = False
 
     # -- set-up --------------------------------------------------------------------------
@@ -176,9 +178,22 @@ class Engine:
     ) -> tuple[Outputs, list[ResourceChange]]:
         """Create (or select) stack `name` and bring it up; return its outputs and changes."""
         with _translated(name, "bring up"):
-            with suppress(auto_errors.StackAlreadyExistsError):  # one call, not select + init
-                self._run(["stack", "init", name, "--secrets-provider", "passphrase"])
+            self._create(name)
             return self._update("up", name, program, on_output)
+
+    def _create(self, name: str) -> None:
+        """Create stack `name` unless it exists: in a local file state by writing its files
+        once the engine has created a stack with this passphrase (`stack_files`), else with
+        `pulumi stack init` (one call, not select + init)."""
+        self._prepare()
+        if self.file_state and quick_state(self.backend_url, self.file_state):
+            made = create_stack(self.salts_file, self.passphrase_file, self.work_dir,
+                                self.file_state, name)
+            if made is not None:
+                return
+        with suppress(auto_errors.StackAlreadyExistsError):
+            self._run(["stack", "init", name, "--secrets-provider", "passphrase"])
+            remember_salt(self.salts_file, self.passphrase_file, self.work_dir, name)
 
     def destroy(
         self, name: str, program: Program, on_output: OutputFn | None = None,
