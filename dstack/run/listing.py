@@ -28,7 +28,8 @@ from dstack.run.record import TERMINAL, public_url
 from dstack.store.base import Store
 from dstack.store.keys import RUNS, TAGS, run_key, tag_of
 
-_FINAL = {s.value for s in TERMINAL}
+FINAL = frozenset(s.value for s in TERMINAL)
+"""The statuses of a finished run, as its document writes them."""
 LISTED = ("name", "workflow", "project", "provider", "status", "submitted_at", "started_at",
           "finished_at", "backend", "exit_code", "message", "torn_down", "owner", "billing")
 """The fields of a settled run that listings read (and `job.artifacts`, as paths)."""
@@ -49,7 +50,11 @@ _SECTIONS = ("tags", "runs")
 one JSON document): a command parses only the parts it reads (`tags list` not the runs)."""
 _Head = dict[str, object]
 """The cache file's small part: `version`, `store`, `tags_at` (the tags folder's token when
-the tags were listed; None: the store has none) and `settled`, the names of the runs."""
+the tags were listed; None: the store has none), `runs_at` (the runs folder's, when the runs
+were listed), `unsettled` (then the names of the runs not settled) and `settled`, the names of
+the runs the cache holds."""
+_KEEP = object()
+"""`_save`: a head field as the kept cache has it."""
 
 
 class _File:
@@ -132,7 +137,7 @@ _loaded: dict[Path, _File] = {}
 
 def settled(doc: Mapping[str, object]) -> bool:
     """A run document that will not change any more."""
-    return doc.get("status") in _FINAL and bool(doc.get("torn_down"))
+    return doc.get("status") in FINAL and bool(doc.get("torn_down"))
 
 
 @contextmanager
@@ -192,13 +197,17 @@ def _load(path: Path | None, store: Store) -> _File:
     return loaded if loaded.head.get("store") == store.url else _empty()
 
 
-def _save(path: Path | None, store: Store, kept: _File, tags_at: object,
+def _save(path: Path | None, store: Store, kept: _File, tags_at: object, *,
+          runs_at: object = _KEEP, unsettled: object = _KEEP,
           **sections: dict[str, object]) -> None:
-    """Write the cache: `sections` new, the others as in `kept`."""
+    """Write the cache: `sections` new, the others as in `kept`; the runs folder's token
+    and the unsettled runs' names given, else as in `kept`."""
     if path is None:
         return
     runs = sections["runs"] if "runs" in sections else kept.settled_names()
     head: _Head = {"version": CACHE_VERSION, "store": store.url, "tags_at": tags_at,
+                   "runs_at": kept.head.get("runs_at") if runs_at is _KEEP else runs_at,
+                   "unsettled": kept.head.get("unsettled") if unsettled is _KEEP else unsettled,
                    "settled": list(runs)}
     text = json.dumps(head, separators=(",", ":")).encode()[:-1]
     for name in _SECTIONS:
@@ -242,7 +251,8 @@ def _current_runs(store: Store, cache: Path | None, *,
     whole = _load(cache, store)
     cached = cast("dict[str, JsonDoc]", whole.section("runs")) if settled_too else None
     known = whole.settled_names()
-    names = store.list_dirs(RUNS)
+    at = store.folder_version(RUNS) if cache is not None else None  # before it is listed
+    names = _run_names(store, whole, known, at)
     fresh: dict[str, JsonDoc] = {}
     new: dict[str, JsonDoc] = {}
     kept = 0
@@ -259,12 +269,26 @@ def _current_runs(store: Store, cache: Path | None, *,
         if cache is not None and settled(doc):
             doc = new[name] = _listed(doc)
         fresh[name] = doc
+    unsettled = [n for n in names if n not in known and n not in new]
     if new or whole.relayout or kept != len(known):
         runs = cast("dict[str, JsonDoc]", whole.section("runs"))
-        _save(cache, store, whole, whole.head.get("tags_at"),
+        _save(cache, store, whole, whole.head.get("tags_at"), runs_at=at, unsettled=unsettled,
               runs={n: d for n in names
                     if (d := runs.get(n) if n in known else new.get(n)) is not None})
+    elif at is not None and (at != whole.head.get("runs_at") or
+                             unsettled != whole.head.get("unsettled")):
+        _save(cache, store, whole, whole.head.get("tags_at"), runs_at=at, unsettled=unsettled)
     return fresh
+
+
+def _run_names(store: Store, whole: _File, known: set[str], at: str | None) -> list[str]:
+    """The names of the runs in the store, sorted: from the cache's head while the runs
+    folder's token (`at`) is the one the head was written with (no run was created or
+    removed since), else listed."""
+    unsettled = whole.head.get("unsettled")
+    if at is None or whole.head.get("runs_at") != at or not isinstance(unsettled, list):
+        return store.list_dirs(RUNS)
+    return sorted([*known, *map(str, unsettled)])
 
 
 def project_runs(docs: list[JsonDoc], project: str | None) -> list[JsonDoc]:
@@ -287,7 +311,7 @@ def shown_runs(docs: list[JsonDoc], project: str | None, *, all_projects: bool =
     if all_runs:
         return docs
     recent = {d.get("name") for d in docs[:RECENT]}
-    return [d for d in docs if d.get("status") not in _FINAL or d.get("name") in recent]
+    return [d for d in docs if d.get("status") not in FINAL or d.get("name") in recent]
 
 
 def tag_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
@@ -325,7 +349,7 @@ def run_summary(doc: JsonDoc, tags: list[str], now: float) -> RunSummary:
     start = get("started_at") or get("submitted_at")
     duration = round(elapsed_s(start, get("finished_at"), now), 1) if start else None
     status = get("status")
-    if status in _FINAL:
+    if status in FINAL:
         apps = []
     else:
         host = (get("instance") or {}).get("public_ip")

@@ -25,7 +25,7 @@ from dstack.run.listing import (
 )
 from dstack.run.tags import list_tags, tag_dumps, tag_rows
 from dstack.store.base import JsonDoc
-from dstack.store.keys import TAGS, run_key, tag_key
+from dstack.store.keys import RUNS, TAGS, run_key, tag_key
 from dstack.store.local import LocalStore
 
 
@@ -275,6 +275,71 @@ def test_a_cache_with_nothing_new_is_not_written_again(
         new_process()
         run_docs(store, cache)
         tag_docs(store, cache)
+    after = cache.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def _counting_list_dirs(store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    listed: list[str] = []
+    original = store.list_dirs
+
+    def list_dirs(prefix: str) -> list[str]:
+        listed.append(prefix)
+        return original(prefix)
+
+    monkeypatch.setattr(store, "list_dirs", list_dirs)
+    return listed
+
+
+def test_runs_are_not_listed_while_their_folder_is_unchanged(
+        store: CountingStore, cache: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    put_run(store, "done-1")
+    put_run(store, "run-1", status="running", torn_down=False,
+            submitted="2024-01-02T00:00:00+00:00")
+    age(tmp_path / "store" / "runs")
+    assert [d["name"] for d in run_docs(store, cache)] == ["run-1", "done-1"]
+    listed = _counting_list_dirs(store, monkeypatch)
+    for _ in range(2):
+        new_process()
+        store.read.clear()
+        assert [d["name"] for d in run_docs(store, cache)] == ["run-1", "done-1"]
+        assert [d["name"] for d in unsettled_docs(store, cache)] == ["run-1"]
+        assert listed == [] and store.read == [run_key("run-1")] * 2  # still read each time
+    # The unsettled run changes inside its own folder: read, and it settles into the cache.
+    put_run(store, "run-1", submitted="2024-01-02T00:00:00+00:00")
+    new_process()
+    assert by_name(run_docs(store, cache))["run-1"]["status"] == "done"
+    assert listed == []
+    # A run created (another machine, a moment ago) or removed moves the folder: listed.
+    put_run(store, "new-1", status="running", torn_down=False,
+            submitted="2024-01-03T00:00:00+00:00")
+    new_process()
+    assert [d["name"] for d in run_docs(store, cache)] == ["new-1", "run-1", "done-1"]
+    assert listed == [RUNS]
+    store.delete_prefix("runs/done-1/")
+    age(tmp_path / "store" / "runs", 30)
+    new_process()
+    assert [d["name"] for d in run_docs(store, cache)] == ["new-1", "run-1"]
+    assert listed == [RUNS, RUNS]
+    new_process()
+    assert [d["name"] for d in unsettled_docs(store, cache)] == ["new-1"]
+    assert listed == [RUNS, RUNS]  # the last listing's token was kept
+
+
+def test_a_recently_changed_runs_folder_is_listed_and_not_written_for_it(
+        store: CountingStore, cache: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    put_run(store, "done-1")
+    age(tmp_path / "store" / "runs")
+    run_docs(store, cache)
+    put_run(store, "run-1", status="running", torn_down=False)  # the folder moved just now
+    listed = _counting_list_dirs(store, monkeypatch)
+    before = cache.stat()
+    for _ in range(2):
+        new_process()
+        assert set(by_name(run_docs(store, cache))) == {"done-1", "run-1"}
+    assert listed == [RUNS, RUNS]
     after = cache.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
