@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
@@ -21,6 +22,7 @@ from dstack.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from dstack.json_types import JsonDoc
     from dstack.run.audit import AuditEntry
     from dstack.run.record import RunRecord
     from dstack.store.job_log import Stream
@@ -167,6 +169,7 @@ def ps(
     from dstack.run.listing import run_docs, run_summary, shown_runs
     from dstack.run.project import project_label, project_of
     from dstack.run.record import load_run
+    from dstack.run.row_cache import rows
     from dstack.run.tags import tags_of
 
     ctx = open_context(profile)
@@ -185,28 +188,46 @@ def ps(
                            f"lists the {len(every)} run(s) of other projects")
         tags = tags_of(ctx.store, ctx.listing_cache)
         now = time.time()
-        summaries = (run_summary(d, tags.get(d["name"], []), now) for d in docs)
         if json_out:
-            output.print_json_rows(summaries)  # written as they are made
+            output.print_json_rows(  # written as they are made
+                run_summary(d, tags.get(d["name"], []), now) for d in docs)
             return
-        rows = list(summaries)
+
+        def render(doc: JsonDoc) -> list[str]:
+            r = run_summary(doc, [], now)
+            return [str(r["run"]), str(r["workflow"]), project_label(r["project"]),
+                    str(r["provider"]), str(r["status"]), _owner(r["owner"]),
+                    _ago(str(r["submitted"])), format_elapsed(r["duration"]),
+                    format_cost(r["cost"]), str(r["backend"]), ", ".join(r["artifacts"]),
+                    " ".join(r["apps"])]
+
+        cells = rows(ctx.listing_rows, _ROWS_KEY + _zone(), docs, render)
+        apps = any(c[11] for c in cells)
         cols = ["RUN", "WORKFLOW", *(["PROJECT"] if all_projects else []), "PROVIDER",
                 "STATUS", "OWNER", "SUBMITTED", "DURATION", "COST", "BACKEND", "TAGS",
-                "ARTIFACTS"]
-        if any(r["apps"] for r in rows):
-            cols.append("APPS")
+                "ARTIFACTS", *(["APPS"] if apps else [])]
         output.table(cols, [
-            [str(r["run"]), str(r["workflow"]),
-             *([project_label(r["project"])] if all_projects else []),
-             str(r["provider"]), str(r["status"]), _owner(r["owner"]),
-             _ago(str(r["submitted"])),
-             format_elapsed(r["duration"]), format_cost(r["cost"]), str(r["backend"]),
-             ", ".join(r["tags"]),
-             ", ".join(r["artifacts"]), *([" ".join(r["apps"])] if "APPS" in cols else [])]
-            for r in rows
+            [c[0], c[1], *(c[2:3] if all_projects else ()), *c[3:10],
+             ", ".join(tags.get(c[0], ())), c[10], *(c[11:] if apps else ())]
+            for c in cells
         ])
-        if run_name and rows[0]["message"]:  # one run: why it ended the way it did
-            print(f"message: {rows[0]['message']}")
+        if run_name and docs[0].get("message"):  # one run: why it ended the way it did
+            print(f"message: {docs[0]['message']}")
+
+
+_ROWS_KEY = "ps-1|"
+"""How `dstack ps` renders a row (bump it when that changes): the key of the kept rows."""
+
+
+def _zone() -> str:
+    """The local time zone, as far as it changes how times are shown (`_ago`)."""
+    try:
+        st = os.stat("/etc/localtime")
+        system = f"{os.path.realpath('/etc/localtime')}@{st.st_mtime_ns}"
+    except OSError:
+        system = ""
+    return "|".join([os.environ.get("TZ", ""), *time.tzname, str(time.timezone),
+                     str(time.altzone), system])
 
 
 def _owner(owner: str | None) -> str:

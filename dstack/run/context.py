@@ -58,6 +58,11 @@ class Context:
         """Where listings of this profile's runs and tags are cached."""
         return self.home / "cache" / f"listing-{self.profile.name}.json"
 
+    @property
+    def listing_rows(self) -> Path:
+        """Where `dstack ps` keeps the rows of this profile's settled runs (`row_cache`)."""
+        return self.home / "cache" / f"rows-{self.profile.name}.json"
+
     @cached_property
     def store(self) -> Store:
         """The profile's store (opening it does not load the backend).
