@@ -17,6 +17,11 @@ twice, `stack history`): five more engine starts per run, telling dstack nothing
 
 The SDK has no public host for an inline program: `LanguageServer` comes from its private
 `pulumi.automation._server`, and `tests/unit/test_engine_sdk.py` fails when the SDK changes.
+
+Importing pulumi takes 0.1 s, so this module imports it only where it is used: the program's
+runtime is made when the engine first calls it (`_LazyRuntime`, while the engine starts),
+and Pulumi's errors are imported when a command fails. A backend's program imports its
+resources inside itself for the same reason.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import os
 import shlex
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager, suppress
@@ -32,12 +38,6 @@ from datetime import datetime
 from pathlib import Path
 
 import grpc
-from pulumi import automation as auto
-from pulumi.automation import errors as auto_errors
-from pulumi.automation._server import LanguageServer  # no public equivalent; see above
-from pulumi.automation.events import EngineEvent, OpType
-from pulumi.runtime.proto import language_pb2_grpc
-from semver import VersionInfo
 
 from dstack.config.backends import ResourceChange, StackInfo, UpdateRecord
 from dstack.errors import BackendError, EngineMissingError, NotFoundError, StackBusyError
@@ -71,13 +71,17 @@ HISTORY_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 _GRPC_OPTIONS = [("grpc.max_receive_message_length", 400 * 1024 * 1024)]
 """The SDK's own limit for the engine's messages to an inline program."""
 
-_CHANGE_OPS = {OpType.CREATE: "create", OpType.DELETE: "delete", OpType.UPDATE: "update",
-               OpType.REPLACE: "replace", OpType.CREATE_REPLACEMENT: "create",
-               OpType.DELETE_REPLACED: "delete"}
+_CHANGE_OPS = {"create": "create", "delete": "delete", "update": "update",
+               "replace": "replace", "create-replacement": "create",
+               "delete-replaced": "delete"}
+"""A step's `op` in the engine's event log (the SDK's `OpType`) → the change dstack records."""
 
 
 def install_official(root: str, version: str) -> None:
     """Run Pulumi's official installer into `root` (used by `engine_install`)."""
+    from pulumi import automation as auto
+    from semver import VersionInfo
+
     auto.PulumiCommand.install(root=root, version=VersionInfo.parse(version))
 
 
@@ -153,6 +157,9 @@ class Engine:
         done = run_detached(argv, cwd=self.work_dir, env=env, output_dir=self.output_dir,
                             on_output=on_output)
         if done.code != 0:
+            from pulumi import automation as auto
+            from pulumi.automation import errors as auto_errors
+
             raise auto_errors.create_command_error(
                 auto.CommandResult(stdout=done.stdout, stderr=done.stderr, code=done.code))
         return done.stdout
@@ -191,6 +198,8 @@ class Engine:
                                 self.file_state, name)
             if made is not None:
                 return
+        from pulumi.automation import errors as auto_errors
+
         with suppress(auto_errors.StackAlreadyExistsError):
             self._run(["stack", "init", name, "--secrets-provider", "passphrase"])
             remember_salt(self.salts_file, self.passphrase_file, self.work_dir, name)
@@ -272,7 +281,7 @@ def _serve_program(program: Program) -> Iterator[str]:
     """Serve `program` as the language runtime the engine runs it through, as the Automation
     API does for an inline program; the address to give the engine (`--client`)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=_GRPC_OPTIONS)
-    language_pb2_grpc.add_LanguageRuntimeServicer_to_server(LanguageServer(program), server)
+    server.add_generic_rpc_handlers((_LazyRuntime(program),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
@@ -281,24 +290,67 @@ def _serve_program(program: Program) -> Iterator[str]:
         server.stop(0)
 
 
+class _LazyRuntime:
+    """A gRPC handler (`grpc.GenericRpcHandler` by its shape): the SDK's language runtime for
+    `program` (`LanguageServer`), made when the engine first calls it. Importing pulumi for it takes 0.1 s, which the engine, started meanwhile,
+    spends on its own start and on deriving the state's key; a `destroy` that never calls
+    the program does not import pulumi at all."""
+
+    def __init__(self, program: Program) -> None:
+        self._program = program
+        self._lock = threading.Lock()
+        self._handlers: tuple[grpc.GenericRpcHandler, ...] | None = None
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails
+                ) -> grpc.RpcMethodHandler | None:
+        with self._lock:
+            if self._handlers is None:
+                self._handlers = _sdk_runtime(self._program)
+        for handler in self._handlers:
+            if (found := handler.service(handler_call_details)) is not None:
+                return found
+        return None
+
+
+class _Handlers:
+    """Takes the handlers the SDK's generated code adds to a gRPC server."""
+
+    handlers: tuple[grpc.GenericRpcHandler, ...] = ()
+
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self.handlers = tuple(handlers)
+
+
+def _sdk_runtime(program: Program) -> tuple[grpc.GenericRpcHandler, ...]:
+    """The gRPC handlers of the SDK's `LanguageServer` serving `program`."""
+    from pulumi.automation._server import LanguageServer  # no public equivalent; see above
+    from pulumi.runtime.proto import language_pb2_grpc
+
+    server = _Handlers()
+    language_pb2_grpc.add_LanguageRuntimeServicer_to_server(LanguageServer(program), server)
+    return server.handlers
+
+
 def _read_events(path: Path) -> tuple[Outputs, list[ResourceChange]]:
     """The stack's outputs and each resource the engine changed, from an update's event log
-    (one JSON engine event a line)."""
+    (one JSON engine event a line; each step's end is a `resOutputsEvent`)."""
     outputs: Outputs = {}
     changes: list[ResourceChange] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
-        out = EngineEvent.from_json(json.loads(line)).res_outputs_event
-        meta = out.metadata if out is not None else None
-        if meta is None:
+        event = json.loads(line).get("resOutputsEvent")
+        meta = event.get("metadata") if isinstance(event, dict) else None
+        if not isinstance(meta, dict):
             continue
-        if meta.type == "pulumi:pulumi:Stack" and meta.new is not None:
-            outputs = dict(meta.new.outputs or {})
-        op = _CHANGE_OPS.get(meta.op)
-        if op is None or meta.type.startswith(("pulumi:pulumi:", "pulumi:providers:")):
+        kind, new = str(meta.get("type", "")), meta.get("new")
+        if kind == "pulumi:pulumi:Stack" and isinstance(new, dict):
+            outputs = dict(new.get("outputs") or {})
+        op = _CHANGE_OPS.get(str(meta.get("op")))
+        if op is None or kind.startswith(("pulumi:pulumi:", "pulumi:providers:")):
             continue
-        changes.append(ResourceChange(op=op, type=meta.type, name=meta.urn.rsplit("::", 1)[-1]))
+        changes.append(ResourceChange(op=op, type=kind,
+                                      name=str(meta.get("urn", "")).rsplit("::", 1)[-1]))
     return outputs, changes
 
 
@@ -311,20 +363,25 @@ def _translated(stack: str, action: str) -> Iterator[None]:
     """Turn Pulumi's exceptions into dstack errors that say what to do next."""
     try:
         yield
-    except auto_errors.ConcurrentUpdateError as exc:
-        raise StackBusyError(
-            f"stack {stack} is locked by another dstack or pulumi process",
-            "Wait for it to finish; if that process is gone, `dstack gc` clears the stale lock.",
-        ) from exc
-    except auto_errors.StackNotFoundError as exc:
-        raise NotFoundError(f"no stack named {stack} in the state backend",
-                            "`dstack ps -a` lists the runs there are.") from exc
-    except auto_errors.CommandError as exc:
-        detail = _last_error_lines(getattr(exc, "stderr", "") or str(exc))
-        raise BackendError(
-            f"pulumi could not {action} stack {stack}: {detail}",
-            "Run the command again with --debug for the engine's full output.",
-        ) from exc
+    except Exception as exc:
+        from pulumi.automation import errors as auto_errors
+
+        if isinstance(exc, auto_errors.ConcurrentUpdateError):
+            raise StackBusyError(
+                f"stack {stack} is locked by another dstack or pulumi process",
+                "Wait for it to finish; if that process is gone, `dstack gc` clears the stale "
+                "lock.",
+            ) from exc
+        if isinstance(exc, auto_errors.StackNotFoundError):
+            raise NotFoundError(f"no stack named {stack} in the state backend",
+                                "`dstack ps -a` lists the runs there are.") from exc
+        if isinstance(exc, auto_errors.CommandError):
+            detail = _last_error_lines(getattr(exc, "stderr", "") or str(exc))
+            raise BackendError(
+                f"pulumi could not {action} stack {stack}: {detail}",
+                "Run the command again with --debug for the engine's full output.",
+            ) from exc
+        raise
 
 
 def _last_error_lines(text: str, limit: int = 6) -> str:

@@ -61,11 +61,11 @@ class LocalBackend(RunStacks):
             fcntl.flock(lock, fcntl.LOCK_EX)
             if marker.exists():
                 return {}
-            from dstack.stacks.local_resources import Folder
-
             root = str(self.store_root)
 
             def program() -> None:
+                from dstack.stacks.local_resources import Folder
+
                 Folder("store", root, keep=True)
 
             self.engine.up(self.workspace_stack, program)
@@ -127,11 +127,12 @@ class LocalBackend(RunStacks):
         self.ensure_workspace()
         private_dir(self.workdirs)
         workdir = str(self.workdirs / run.name)
-        import pulumi
 
-        from dstack.stacks.local_resources import Folder, RunnerProcess
+        def program() -> None:  # pulumi is imported as the engine starts (`engine`)
+            import pulumi
 
-        def program() -> None:
+            from dstack.stacks.local_resources import Folder, RunnerProcess
+
             folder = Folder("workspace", workdir)
             runner = RunnerProcess("runner", folder.id, bootstrap, run=run.name,
                                    store_url=self.store().url,

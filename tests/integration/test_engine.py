@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from dstack.errors import NotFoundError
 from dstack.home import default_home
 from dstack.procs import process_alive
+from dstack.stacks import engine as engine_module
 from dstack.stacks.engine import PROJECT_YAML, Engine
 from dstack.stacks.engine_install import LAUNCHER, PULUMI_VERSION, engine_root, find_engine
 from dstack.stacks.local_resources import Folder, RunnerProcess
@@ -178,3 +180,60 @@ def test_either_host_tears_down_what_the_other_made(home: Path, tmp_path: Path,
     assert not workdir.exists()
     assert [(h.kind, h.result) for h in engine.history("mixed-hosts")] == [
         ("update", "succeeded"), ("destroy", "succeeded")]
+
+
+def test_the_engine_module_leaves_pulumi_to_the_engines_start() -> None:
+    # Importing pulumi takes 0.1 s: the program's runtime imports it when the engine first
+    # calls it (the engine is starting meanwhile), not the module nor a backend's program.
+    code = ("import sys, dstack.stacks.engine, dstack.stacks.local\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pulumi'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def _sdk_read_events(path: Path) -> tuple[dict[str, object], list[tuple[str, str, str]]]:
+    """The event log read through the SDK's own event types (what `_read_events` did)."""
+    from pulumi.automation.events import EngineEvent, OpType
+
+    ops = {OpType.CREATE: "create", OpType.DELETE: "delete", OpType.UPDATE: "update",
+           OpType.REPLACE: "replace", OpType.CREATE_REPLACEMENT: "create",
+           OpType.DELETE_REPLACED: "delete"}
+    outputs: dict[str, object] = {}
+    changes = []
+    for line in path.read_text().splitlines():
+        out = EngineEvent.from_json(json.loads(line)).res_outputs_event if line else None
+        meta = out.metadata if out is not None else None
+        if meta is None:
+            continue
+        if meta.type == "pulumi:pulumi:Stack" and meta.new is not None:
+            outputs = dict(meta.new.outputs or {})
+        op = ops.get(meta.op)
+        if op and not meta.type.startswith(("pulumi:pulumi:", "pulumi:providers:")):
+            changes.append((op, meta.type, meta.urn.rsplit("::", 1)[-1]))
+    return outputs, changes
+
+
+def test_an_updates_event_log_is_read_as_the_sdk_reads_it(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kept: list[Path] = []
+    real = engine_module._read_events
+
+    def keep(path: Path) -> tuple[dict[str, object], list[object]]:
+        copy = tmp_path / f"events-{len(kept)}.jsonl"
+        copy.write_bytes(path.read_bytes())
+        kept.append(copy)
+        return real(path)
+
+    monkeypatch.setattr(engine_module, "_read_events", keep)
+    engine = Engine(home)
+    program = _runner_program(tmp_path / "events-workdir")
+    engine.up("events-check", program)
+    engine.up("events-check", lambda: Folder("workspace", str(tmp_path / "moved")))  # replace
+    engine.destroy("events-check", program)
+    seen = set()
+    for path in kept:
+        outputs, changes = real(path)
+        assert (outputs, [(c.op, c.type, c.name) for c in changes]) == _sdk_read_events(path)
+        seen |= {c.op for c in changes}
+    assert {"create", "delete"} <= seen and len(kept) == 3
