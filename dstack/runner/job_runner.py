@@ -21,8 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import IO, cast
 
@@ -37,7 +35,6 @@ from dstack.run.record import (
     now,
     update_run,
 )
-from dstack.run.tags import add_tag
 from dstack.runner.jobscript import render_job_script
 from dstack.runner.pyenv import python_env
 from dstack.store.artifact_sync import ArtifactSync
@@ -201,6 +198,9 @@ class Runner:
 
     def _check_apps(self, pending: list[tuple[App, str]]) -> list[tuple[App, str]]:
         """Apps whose port answers now are recorded in the run; return those still waiting."""
+        import urllib.error  # only a job with apps probes them: 14 ms of the runner's start
+        import urllib.request
+
         still = []
         ready = []
         for app, probe in pending:
@@ -333,6 +333,8 @@ class Runner:
         self.run = update_run(self.store, self.run.name, status=status.value, exit_code=code,
                               message=message)
         if status is Status.DONE and self.run.tag:
+            from dstack.run.tags import add_tag  # only a tagged run's end needs it
+
             try:
                 add_tag(self.store, self.run.tag, self.run)
             except DstackError as exc:
