@@ -194,8 +194,11 @@ class Engine:
         `pulumi stack init` (one call, not select + init)."""
         self._prepare()
         if self.file_state and quick_state(self.backend_url, self.file_state):
-            made = create_stack(self.salts_file, self.passphrase_file, self.work_dir,
-                                self.file_state, name)
+            try:
+                made = create_stack(self.salts_file, self.passphrase_file, self.work_dir,
+                                    self.file_state, name)
+            except OSError:
+                made = None  # the engine then tries, and says what is wrong
             if made is not None:
                 return
         from pulumi.automation import errors as auto_errors
@@ -292,9 +295,9 @@ def _serve_program(program: Program) -> Iterator[str]:
 
 class _LazyRuntime:
     """A gRPC handler (`grpc.GenericRpcHandler` by its shape): the SDK's language runtime for
-    `program` (`LanguageServer`), made when the engine first calls it. Importing pulumi for it takes 0.1 s, which the engine, started meanwhile,
-    spends on its own start and on deriving the state's key; a `destroy` that never calls
-    the program does not import pulumi at all."""
+    `program` (`LanguageServer`), made when the engine first calls it (in `destroy` too).
+    Importing pulumi for it takes 0.1 s, which the engine, started meanwhile, spends on its
+    own start and on deriving the state's key."""
 
     def __init__(self, program: Program) -> None:
         self._program = program

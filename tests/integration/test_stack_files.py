@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dstack.stacks import engine as engine_module
 from dstack.stacks.engine import Engine
 from dstack.stacks.engine_process import OutputFn
 from dstack.stacks.local_resources import Folder
@@ -118,3 +119,20 @@ def test_an_existing_stack_is_left_as_it_is(home: Path, tmp_path: Path) -> None:
     assert [(h.kind, h.changes) for h in engine.history("kept")] == \
         [("update", {"create": 2}), ("update", {"same": 2})]
     engine.destroy("kept", lambda: Folder("f", str(tmp_path / "a")))
+
+
+def test_a_stack_whose_files_cannot_be_written_is_left_to_the_engine(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = Engine(home)
+    engine.up("first", lambda: Folder("f", str(tmp_path / "one")))
+
+    def refuse(*_args: object) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine_module, "create_stack", refuse)
+    calls = _recording(engine, monkeypatch)
+    engine.up("second", lambda: Folder("f", str(tmp_path / "two")))
+    assert [c[:2] for c in calls] == [["stack", "init"], ["up", "--yes"]]
+    assert (tmp_path / "two").is_dir()
+    engine.destroy("second", lambda: Folder("f", str(tmp_path / "two")))
+    engine.destroy("first", lambda: Folder("f", str(tmp_path / "one")))
