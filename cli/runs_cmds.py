@@ -247,7 +247,7 @@ def logs(
     stderr. With -f, follow it to its end, destroy its stack when no other dstack watches it
     (a detached run), and exit with the run's exit code, as `dstack run` does."""
     from dstack.run.following import follow
-    from dstack.run.lifecycle import end_unfinished, needs_teardown, teardown
+    from dstack.run.lifecycle import close_run, needs_teardown
     from dstack.run.record import load_run
 
     ctx = open_context(profile)
@@ -257,8 +257,7 @@ def logs(
     if not follow_:
         return 0
     if needs_teardown(ctx, final):  # else the next command would: a GPU would wait for it
-        teardown(ctx, run_name, output.say)
-        end_unfinished(ctx, run_name)
+        close_run(ctx, run_name, output.say)
     if not final.status.finished:
         output.say(f"the runner of {run_name} is gone before the run ended; "
                    f"`dstack ps {run_name}` shows what is known")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from dstack.interrupts import Deferred
 from dstack.run.context import Context, Say, quiet
-from dstack.run.lifecycle import end_unfinished, request_stop, runner_alive, teardown
+from dstack.run.lifecycle import close_run, request_stop, runner_alive
 from dstack.run.record import (
     RunRecord,
     Status,
@@ -89,6 +89,5 @@ def attach(ctx: Context, run_name: str, write: WriteLog,
             request_stop(ctx, run_name, abort=abort)
             continue
         break
-    teardown(ctx, run_name, say)
-    end_unfinished(ctx, run_name)  # a runner that died with its instance said nothing
+    close_run(ctx, run_name, say)  # a runner that died with its instance said nothing
     return load_run(ctx.store, run_name)

@@ -238,6 +238,14 @@ def end_unfinished(ctx: Context, run_name: str) -> None:
         update_run(ctx.store, run_name, status=Status.FAILED.value, message=message)
 
 
+def close_run(ctx: Context, run_name: str, say: Say = quiet) -> None:
+    """Destroy the stack of a run that ended (or whose runner is gone), waiting for a busy
+    one, and end the run if it has no terminal status (`end_unfinished`): what a command
+    that followed the run to its end does."""
+    teardown(ctx, run_name, say)
+    end_unfinished(ctx, run_name)
+
+
 def reconcile(ctx: Context, say: Say = quiet, failed: list[str] | None = None,
               elsewhere: list[RunRecord] | None = None) -> list[str]:
     """Tear down every run that finished (or whose runner or CLI died); return their names.
