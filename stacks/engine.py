@@ -193,10 +193,11 @@ class Engine:
         once the engine has created a stack with this passphrase (`stack_files`), else with
         `pulumi stack init` (one call, not select + init)."""
         self._prepare()
-        if self.file_state and quick_state(self.backend_url, self.file_state):
+        state = self.file_state
+        if state is not None and quick_state(self.backend_url, state):
             try:
                 made = create_stack(self.salts_file, self.passphrase_file, self.work_dir,
-                                    self.file_state, name)
+                                    state, name)
             except OSError:
                 made = None  # the engine then tries, and says what is wrong
             if made is not None:
@@ -205,7 +206,8 @@ class Engine:
 
         with suppress(auto_errors.StackAlreadyExistsError):
             self._run(["stack", "init", name, "--secrets-provider", "passphrase"])
-            remember_salt(self.salts_file, self.passphrase_file, self.work_dir, name)
+            if state is not None and quick_state(self.backend_url, state):  # laid out now
+                remember_salt(self.salts_file, self.passphrase_file, self.work_dir, name)
 
     def destroy(
         self, name: str, program: Program, on_output: OutputFn | None = None,

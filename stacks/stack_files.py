@@ -12,9 +12,10 @@ to write an `encryptionsalt` into the stack's config file. What it leaves is two
   version 1): a version-3 checkpoint of the stack with no deployment yet.
 
 The salt may be the same for every stack of one passphrase (the key stays secret with the
-passphrase; each value is sealed with a fresh nonce), so the first `stack init` the engine
-runs for a passphrase is remembered (`remember_salt`, under the passphrase's SHA-256, never
-the passphrase) and later stacks of that passphrase are created here (`create_stack`). The
+passphrase; each value is sealed with a fresh nonce), so the salt of the first `stack init`
+the engine runs for a passphrase file is remembered (`remember_salt`, under the file's path,
+inode, size and mtime: nothing derived from the passphrase) and later stacks of that file are
+created here (`create_stack`). The
 engine takes such a stack as its own: `tests/integration/test_engine.py` brings one up,
 destroys and removes it with the real engine, and checks the files against what `pulumi
 stack init` writes, so an engine that changes them fails there.
@@ -23,7 +24,6 @@ stack init` writes, so an engine that changes them fails there.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -71,10 +71,14 @@ def quick_state(backend_url: str, state_dir: Path | None) -> bool:
 
 
 def _fingerprint(passphrase_file: Path) -> str | None:
+    """The passphrase file as it is now (path, inode, size, mtime): another file, or one
+    written again, is another passphrase. Nothing derived from the passphrase itself is kept:
+    a fast hash of it would let a weak one be guessed far faster than Pulumi's PBKDF2 allows."""
     try:
-        return hashlib.sha256(passphrase_file.read_bytes()).hexdigest()
+        st = passphrase_file.stat()
     except OSError:
         return None
+    return f"{passphrase_file.resolve()}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def _salts(templates: Path) -> dict[str, str]:
