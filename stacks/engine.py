@@ -42,7 +42,7 @@ import grpc
 from dstack.config.backends import ResourceChange, StackInfo, UpdateRecord
 from dstack.errors import BackendError, EngineMissingError, NotFoundError, StackBusyError
 from dstack.home import default_home, private_dir, secret_file, write_private
-from dstack.stacks.engine_install import PULUMI_VERSION, engine_bin, find_engine
+from dstack.stacks.engine_install import PULUMI_VERSION, engine_bin, find_engine, write_launcher
 from dstack.stacks.engine_process import OutputFn, run_detached, scratch_path, sweep
 from dstack.stacks.file_state import (
     PROJECT_NAME,
@@ -133,6 +133,8 @@ class Engine:
                 f" nor in {engine_bin(default_home())}",
                 "Run `make engine` (or `python -m dstack.stacks.engine_install`) to install it.",
             )
+        with suppress(OSError):  # a home upgraded without `make` (pip alone) gets it too
+            write_launcher(self.binary.parent)
         if self.file_state:
             private_dir(self.file_state)
         private_dir(self.pulumi_home)

@@ -163,9 +163,12 @@ def test_the_engine_starts_dstacks_provider_host(home: Path, tmp_path: Path) -> 
 @pytest.mark.parametrize("first,second", [(SDK_LAUNCHER, LAUNCHER), (LAUNCHER, SDK_LAUNCHER)],
                          ids=["sdk-then-dstack", "dstack-then-sdk"])
 def test_either_host_tears_down_what_the_other_made(home: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
                                                     first: str, second: str) -> None:
     # A home upgraded between a run's `up` and its `destroy` (or an engine whose launcher is
-    # Pulumi's own) still ends the run: both hosts serve the same resources.
+    # Pulumi's own, and cannot be written) still ends the run: both hosts serve the same
+    # resources.
+    monkeypatch.setattr(engine_module, "write_launcher", lambda _bin_dir: None)
     launcher = _own_engine(home)
     workdir = tmp_path / "run-workdir"
     engine = Engine(home)
@@ -180,6 +183,20 @@ def test_either_host_tears_down_what_the_other_made(home: Path, tmp_path: Path,
     assert not workdir.exists()
     assert [(h.kind, h.result) for h in engine.history("mixed-hosts")] == [
         ("update", "succeeded"), ("destroy", "succeeded")]
+
+
+def test_an_engine_with_pulumis_launcher_gets_dstacks_at_the_first_command(
+        home: Path, tmp_path: Path) -> None:
+    # A dstack upgraded by pip alone (no `make`) still has the old launcher beside its engine.
+    launcher = _own_engine(home)
+    _use(launcher, SDK_LAUNCHER)
+    engine = Engine(home)
+    engine.up("relaunched", lambda: Folder("f", str(tmp_path / "made")))
+    assert launcher.read_text() == LAUNCHER
+    assert launcher.stat().st_mode & 0o111
+    assert (tmp_path / "made").is_dir()
+    engine.destroy("relaunched", lambda: Folder("f", str(tmp_path / "made")))
+    assert not (tmp_path / "made").exists()
 
 
 def test_the_engine_module_leaves_pulumi_to_the_engines_start() -> None:
