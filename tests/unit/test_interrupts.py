@@ -27,13 +27,22 @@ def ctrl_c(seen=lambda: False, timeout_s=5.0):
 '''
 
 
+TRAMPOLINE = ("import os, signal, sys\n"
+              "signal.signal(signal.SIGINT, getattr(signal, sys.argv[1]))\n"
+              "os.execv(sys.executable, [sys.executable, '-c', sys.argv[2]])\n")
+"""Sets SIGINT's disposition, which `exec` keeps, then becomes the case's interpreter. A
+`preexec_fn` would do it in a forked copy of the test process, whose gRPC threads (tests that
+serve a program to the engine in-process ran before) once aborted that child (SIGABRT,
+"epoll_wait error: Bad file descriptor")."""
+
+
 def run_case(body: str, sigint: signal.Handlers = signal.SIG_DFL,
              ) -> subprocess.CompletedProcess[str]:
     """Run `body` after the prelude in a fresh interpreter that starts with `sigint` as the
     disposition of SIGINT."""
-    return subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
-                          capture_output=True, text=True, timeout=60,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+    return subprocess.run([sys.executable, "-c", TRAMPOLINE, sigint.name,
+                           PRELUDE + textwrap.dedent(body)],
+                          capture_output=True, text=True, timeout=60)
 
 
 def test_a_ctrl_c_in_a_nested_block_counts_in_the_outer_one_too() -> None:
