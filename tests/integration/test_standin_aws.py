@@ -346,3 +346,25 @@ def test_destroy_after_things_vanished(cloud: Cloud, home: Path) -> None:
     assert _ops(deleted, INSTANCE) == ["delete"] and _ops(deleted, INGRESS) == ["delete"]
     assert _live_instances(cloud, cfg.run) == [] and _run_groups(cloud, cfg.run) == []
     assert instance.state("aws", instance_id) == "terminated"
+
+
+def test_an_instance_that_powered_off_between_look_and_terminate_is_deleted(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The instance's own power-off (its supervisor terminates it in moto) can land between
+    # the plugin's look at it and its TerminateInstances. AWS terminates a terminated
+    # instance again without an error; moto fails on its network interface.
+    image = cloud.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    nic = {"DeviceIndex": 0, "DeleteOnTermination": True, "AssociatePublicIpAddress": True}
+    [made] = cloud.ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,  # as the plugin
+                                     NetworkInterfaces=[nic])["Instances"]
+    instance_id = made["InstanceId"]
+    looked = aws._describe(Config({"region": REGION}), instance_id)  # running, as it was
+    assert looked[0]["State"]["Name"] != "terminated"
+    cloud.ec2.terminate_instances(InstanceIds=[instance_id])  # the power-off lands here
+    with pytest.raises(aws.ClientError):  # what made `dstack run` fail once in CI
+        cloud.ec2.terminate_instances(InstanceIds=[instance_id])
+    seen = iter([looked])
+    real = aws._describe
+    monkeypatch.setattr(aws, "_describe", lambda cfg, id_: next(seen, None) or real(cfg, id_))
+    aws.Instance().delete(Config({"region": REGION}), instance_id, {})
+    assert _instance(cloud, instance_id)["State"]["Name"] == "terminated"

@@ -1077,7 +1077,14 @@ class Instance(Resource):
             inst, _ = _describe(cfg, id_)
             if inst["State"]["Name"] == "terminated":  # moto fails to terminate it twice
                 raise Gone(id_)
-            client(cfg, "ec2").terminate_instances(InstanceIds=[id_])
+            try:
+                client(cfg, "ec2").terminate_instances(InstanceIds=[id_])
+            except ClientError:
+                # The instance powered itself off (its supervisor terminated it in moto)
+                # since it was described: AWS terminates a terminated instance again without
+                # an error, moto fails on its network interface.
+                if _describe(cfg, id_)[0]["State"]["Name"] != "terminated":
+                    raise
         finally:
             instance.terminate(CLOUD, id_)
             addresses.release(CLOUD, id_)
