@@ -127,14 +127,15 @@ class Engine:
         the passphrase once per process."""
         if self._prepared:
             return
-        if find_engine(self.home) is None:
+        found = find_engine(self.home)
+        if found is None:
             raise EngineMissingError(
                 f"the Pulumi engine {PULUMI_VERSION} is not installed in {engine_bin(self.home)}"
                 f" nor in {engine_bin(default_home())}",
                 "Run `make engine` (or `python -m dstack.stacks.engine_install`) to install it.",
             )
         with suppress(OSError):  # a home upgraded without `make` (pip alone) gets it too
-            write_launcher(self.binary.parent)
+            write_launcher(found)
         if self.file_state:
             private_dir(self.file_state)
         private_dir(self.pulumi_home)

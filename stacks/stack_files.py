@@ -15,10 +15,10 @@ The salt may be the same for every stack of one passphrase (the key stays secret
 passphrase; each value is sealed with a fresh nonce), so the salt of the first `stack init`
 the engine runs for a passphrase file is remembered (`remember_salt`, under the file's path,
 inode, size and mtime: nothing derived from the passphrase) and later stacks of that file are
-created here (`create_stack`). The
-engine takes such a stack as its own: `tests/integration/test_engine.py` brings one up,
-destroys and removes it with the real engine, and checks the files against what `pulumi
-stack init` writes, so an engine that changes them fails there.
+created here (`create_stack`). The engine takes such a stack as its own:
+`tests/integration/test_stack_files.py` brings one up, destroys and removes it with the real
+engine, and checks the files against what `pulumi stack init` writes, so an engine that
+changes them fails there.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from dstack.files import create_whole
 from dstack.home import private_dir, write_private
 from dstack.stacks.file_state import (
     ATOMIC_WRITES,
-    FILE_SCHEME,
     PROJECT_NAME,
     qualified_stack_name,
 )
@@ -59,7 +58,7 @@ def quick_state(backend_url: str, state_dir: Path | None) -> bool:
     """Whether stacks of this state may be created here: a local folder whose files appear
     whole (`metadata=skip`: no sidecars to write) and that the engine has laid out per
     project already."""
-    if state_dir is None or not backend_url.startswith(FILE_SCHEME):
+    if state_dir is None:  # not a local folder (`file_state.state_folder`)
         return False
     if ATOMIC_WRITES not in parse_qsl(backend_url.partition("?")[2], keep_blank_values=True):
         return False

@@ -28,7 +28,7 @@ from dstack.run.record import TERMINAL, public_url
 from dstack.store.base import Store
 from dstack.store.keys import RUNS, TAGS, run_key, tag_of
 
-FINAL = frozenset(s.value for s in TERMINAL)
+_FINAL = frozenset(s.value for s in TERMINAL)
 """The statuses of a finished run, as its document writes them."""
 LISTED = ("name", "workflow", "project", "provider", "status", "submitted_at", "started_at",
           "finished_at", "backend", "exit_code", "message", "torn_down", "owner", "billing")
@@ -137,7 +137,7 @@ _loaded: dict[Path, _File] = {}
 
 def settled(doc: Mapping[str, object]) -> bool:
     """A run document that will not change any more."""
-    return doc.get("status") in FINAL and bool(doc.get("torn_down"))
+    return doc.get("status") in _FINAL and bool(doc.get("torn_down"))
 
 
 @contextmanager
@@ -311,7 +311,7 @@ def shown_runs(docs: list[JsonDoc], project: str | None, *, all_projects: bool =
     if all_runs:
         return docs
     recent = {d.get("name") for d in docs[:RECENT]}
-    return [d for d in docs if d.get("status") not in FINAL or d.get("name") in recent]
+    return [d for d in docs if d.get("status") not in _FINAL or d.get("name") in recent]
 
 
 def tag_docs(store: Store, cache: Path | None = None) -> list[JsonDoc]:
@@ -349,7 +349,7 @@ def run_summary(doc: JsonDoc, tags: list[str], now: float) -> RunSummary:
     start = get("started_at") or get("submitted_at")
     duration = round(elapsed_s(start, get("finished_at"), now), 1) if start else None
     status = get("status")
-    if status in FINAL:
+    if status in _FINAL:
         apps = []
     else:
         host = (get("instance") or {}).get("public_ip")

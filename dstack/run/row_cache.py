@@ -18,7 +18,7 @@ from typing import cast
 
 from dstack.home import write_private
 from dstack.json_types import JsonDoc
-from dstack.run.listing import FINAL, no_gc
+from dstack.run.listing import no_gc, settled
 
 Row = list[str]
 MIN_KEPT = 200
@@ -28,10 +28,8 @@ MIN_KEPT = 200
 def fixed(doc: Mapping[str, object]) -> bool:
     """Whether the run's row can no longer change: settled, with an end, and its billing (if
     it has one) closed."""
-    get = doc.get  # called for every listed run: each lookup counts
-    billing = get("billing")
-    return get("status") in FINAL and bool(get("torn_down")) and \
-        bool(get("finished_at")) and \
+    billing = doc.get("billing")
+    return settled(doc) and bool(doc.get("finished_at")) and \
         (billing is None or (isinstance(billing, Mapping) and bool(billing.get("deleted_at"))))
 
 
